@@ -1,0 +1,56 @@
+//! Connecting to NATS, with the client's events logged: slow consumers and
+//! disconnects are the only sign that messages were dropped.
+
+use anyhow::Context;
+use nimbus_proto::Subjects;
+use nimbus_proto::names::Names;
+
+/// Command-line group every service shares.
+#[derive(Debug, Clone, clap::Args)]
+pub struct NatsArgs {
+    /// NATS server URL(s), comma separated.
+    #[arg(
+        long = "nats-url",
+        env = "NIMBUS_NATS_URL",
+        default_value = "nats://127.0.0.1:4222"
+    )]
+    pub url: String,
+    /// Prefix of every subject, stream and bucket this cluster uses.
+    #[arg(
+        long = "subject-prefix",
+        env = "NIMBUS_SUBJECT_PREFIX",
+        default_value = "nimbus"
+    )]
+    pub prefix: String,
+}
+
+impl NatsArgs {
+    pub fn subjects(&self) -> anyhow::Result<Subjects> {
+        Subjects::new(&self.prefix).context("invalid NIMBUS_SUBJECT_PREFIX")
+    }
+
+    pub fn names(&self) -> Names {
+        Names::new(&self.prefix)
+    }
+}
+
+/// Connects (retrying until the server answers) and logs the client's events.
+pub async fn connect(args: &NatsArgs, name: &str) -> anyhow::Result<async_nats::Client> {
+    let client = async_nats::ConnectOptions::new()
+        .name(name)
+        .retry_on_initial_connect()
+        .event_callback(|event| async move {
+            match event {
+                async_nats::Event::Connected => tracing::info!("connected to NATS"),
+                async_nats::Event::Disconnected => tracing::warn!("disconnected from NATS"),
+                async_nats::Event::SlowConsumer(sid) => {
+                    tracing::warn!(sid, "slow consumer: NATS dropped messages")
+                }
+                other => tracing::info!(event = %other, "NATS event"),
+            }
+        })
+        .connect(args.url.as_str())
+        .await
+        .with_context(|| format!("connecting to NATS at {}", args.url))?;
+    Ok(client)
+}

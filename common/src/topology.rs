@@ -1,0 +1,71 @@
+//! The JetStream resources a cluster uses (the functions KV bucket, the async and logs
+//! streams), created idempotently by whichever service starts first. Every service
+//! declares them with the same settings, so the first one wins and the rest bind.
+
+use anyhow::Context;
+use async_nats::jetstream::{self, kv, stream};
+use nimbus_proto::{Names, Subjects};
+use std::time::Duration;
+
+pub struct Topology {
+    pub js: jetstream::Context,
+    pub functions: kv::Store,
+    pub async_stream: stream::Stream,
+}
+
+/// Messages on the async stream live at most this long (the maximum event age, 6 h,
+/// plus an hour of slack for retries in flight).
+pub const ASYNC_MAX_AGE: Duration = Duration::from_secs(7 * 3600);
+
+pub async fn ensure(
+    nats: &async_nats::Client,
+    names: &Names,
+    subjects: &Subjects,
+) -> anyhow::Result<Topology> {
+    let js = jetstream::new(nats.clone());
+    let functions = match js.get_key_value(names.functions_bucket()).await {
+        Ok(kv) => kv,
+        Err(_) => js
+            .create_key_value(kv::Config {
+                bucket: names.functions_bucket(),
+                description: "Nimbus function configurations".into(),
+                history: 1,
+                storage: stream::StorageType::File,
+                ..Default::default()
+            })
+            .await
+            .context("creating the functions KV bucket")?,
+    };
+    let async_stream = js
+        .get_or_create_stream(stream::Config {
+            name: names.async_stream(),
+            description: Some("Nimbus durable asynchronous invocations".into()),
+            subjects: vec![subjects.async_all()],
+            retention: stream::RetentionPolicy::WorkQueue,
+            storage: stream::StorageType::File,
+            duplicate_window: Duration::from_secs(120),
+            max_age: ASYNC_MAX_AGE,
+            ..Default::default()
+        })
+        .await
+        .context("creating the async invocation stream")?;
+    js.get_or_create_stream(stream::Config {
+        name: names.logs_stream(),
+        description: Some("Nimbus function logs (bounded)".into()),
+        subjects: vec![subjects.logs_all()],
+        retention: stream::RetentionPolicy::Limits,
+        storage: stream::StorageType::File,
+        max_messages_per_subject: 1000,
+        max_bytes: 256 * 1024 * 1024,
+        max_age: Duration::from_secs(7 * 24 * 3600),
+        discard: stream::DiscardPolicy::Old,
+        ..Default::default()
+    })
+    .await
+    .context("creating the logs stream")?;
+    Ok(Topology {
+        js,
+        functions,
+        async_stream,
+    })
+}

@@ -1,0 +1,138 @@
+//! Invocation messages.
+//!
+//! Synchronous: the gateway sends an [`InvokeRequest`] on `<p>.invoke` with its own
+//! reply inbox; a scheduler places it and sends a [`Dispatch`] to one worker as a
+//! request whose reply is a [`DispatchAck`] (accepted or refused, so the scheduler can
+//! try another worker). The worker sends the [`InvokeReply`] straight to
+//! `Dispatch::reply_to` — the gateway's inbox — so the result takes no extra hop.
+//!
+//! Asynchronous: the gateway publishes an [`AsyncInvocation`] to the async stream; a
+//! scheduler consumes it and dispatches with its own inbox as `reply_to`.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{current_version, versioned};
+use crate::error::WireError;
+use crate::function::FunctionConfig;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum InvocationType {
+    RequestResponse,
+    Event,
+}
+
+/// Gateway → scheduler, on `<p>.invoke`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InvokeRequest {
+    #[serde(default = "current_version")]
+    pub v: u16,
+    pub request_id: String,
+    pub function: String,
+    /// The functions-bucket revision the gateway saw: the scheduler runs this
+    /// configuration or a newer one, never an older one.
+    pub min_revision: u64,
+    pub payload: Bytes,
+    /// Return the tail of the invocation's log (`X-Amz-Log-Type: Tail`).
+    #[serde(default)]
+    pub log_tail: bool,
+}
+versioned!(InvokeRequest);
+
+/// Gateway → async stream, on `<p>.async.<function>`, message id = `request_id`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AsyncInvocation {
+    #[serde(default = "current_version")]
+    pub v: u16,
+    pub request_id: String,
+    pub function: String,
+    pub min_revision: u64,
+    pub payload: Bytes,
+    /// When the gateway accepted it (Unix ms); the basis of the maximum event age.
+    pub enqueued_at_ms: u64,
+}
+versioned!(AsyncInvocation);
+
+/// Scheduler → worker, on `<p>.worker.<id>.invoke`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dispatch {
+    #[serde(default = "current_version")]
+    pub v: u16,
+    pub request_id: String,
+    /// The exact configuration to run, so the worker reads no storage to learn it.
+    pub config: FunctionConfig,
+    /// Functions-bucket revision of `config`; warm instances are keyed by it.
+    pub revision: u64,
+    pub payload: Bytes,
+    #[serde(default)]
+    pub log_tail: bool,
+    pub invocation_type: InvocationType,
+    /// Where the worker sends the [`InvokeReply`].
+    pub reply_to: String,
+}
+versioned!(Dispatch);
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AckResult {
+    Accepted,
+    /// The worker will not run it (full or draining); the scheduler tries another.
+    Refused {
+        reason: String,
+    },
+}
+
+/// Worker → scheduler: reply to a [`Dispatch`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DispatchAck {
+    #[serde(default = "current_version")]
+    pub v: u16,
+    pub worker_id: String,
+    pub result: AckResult,
+}
+versioned!(DispatchAck);
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum InvokeOutcome {
+    /// The function returned; `payload` is its response.
+    Success {
+        payload: Bytes,
+        #[serde(default)]
+        log_tail: Option<String>,
+    },
+    /// The function raised, crashed or timed out; `payload` is Lambda's
+    /// `{errorMessage, errorType, stackTrace}` document.
+    FunctionError {
+        payload: Bytes,
+        #[serde(default)]
+        log_tail: Option<String>,
+    },
+    /// The platform could not run it.
+    Failed(WireError),
+}
+
+/// Worker (or scheduler, when it cannot place the call) → whoever asked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InvokeReply {
+    #[serde(default = "current_version")]
+    pub v: u16,
+    pub request_id: String,
+    #[serde(default = "latest")]
+    pub executed_version: String,
+    pub outcome: InvokeOutcome,
+}
+versioned!(InvokeReply);
+
+fn latest() -> String {
+    "$LATEST".into()
+}
+
+impl InvokeReply {
+    pub fn failed(request_id: impl Into<String>, err: WireError) -> Self {
+        Self {
+            v: crate::WIRE_VERSION,
+            request_id: request_id.into(),
+            executed_version: latest(),
+            outcome: InvokeOutcome::Failed(err),
+        }
+    }
+}

@@ -1,0 +1,155 @@
+//! Every NATS subject Nimbus uses, built and parsed here and nowhere else.
+//!
+//! | subject | pattern |
+//! |---|---|
+//! | `<p>.invoke` | request/reply, queue group `scheduler` |
+//! | `<p>.worker.<id>.invoke` | request/reply: dispatch to one worker |
+//! | `<p>.worker.heartbeat` | publish |
+//! | `<p>.async.<function>` | JetStream stream `<P>_ASYNC` |
+//! | `<p>.logs.<function>` | publish, captured by stream `<P>_LOGS` |
+//!
+//! Tokens that come from users (function names) are validated before they are put
+//! into a subject: [`crate::validate_function_name`] only admits `[A-Za-z0-9_-]`.
+
+use crate::function::validate_function_name;
+
+/// Queue group in which schedulers share synchronous invocations.
+pub const SCHEDULER_QUEUE: &str = "scheduler";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subjects {
+    prefix: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SubjectError {
+    #[error("subject prefix {0:?} must be non-empty tokens of [A-Za-z0-9_-] separated by dots")]
+    BadPrefix(String),
+    #[error("{0:?} is not a valid subject token")]
+    BadToken(String),
+}
+
+fn valid_token(t: &str) -> bool {
+    !t.is_empty()
+        && t.len() <= 128
+        && t.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+impl Subjects {
+    pub fn new(prefix: &str) -> Result<Self, SubjectError> {
+        if prefix.split('.').all(valid_token) {
+            Ok(Self {
+                prefix: prefix.to_string(),
+            })
+        } else {
+            Err(SubjectError::BadPrefix(prefix.to_string()))
+        }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Synchronous invocations from gateways to schedulers.
+    pub fn invoke(&self) -> String {
+        format!("{}.invoke", self.prefix)
+    }
+
+    /// Dispatches to one worker.
+    pub fn worker_invoke(&self, worker_id: &str) -> Result<String, SubjectError> {
+        if !valid_token(worker_id) {
+            return Err(SubjectError::BadToken(worker_id.to_string()));
+        }
+        Ok(format!("{}.worker.{worker_id}.invoke", self.prefix))
+    }
+
+    /// Worker heartbeats.
+    pub fn heartbeat(&self) -> String {
+        format!("{}.worker.heartbeat", self.prefix)
+    }
+
+    /// Durable asynchronous invocations of one function.
+    pub fn async_invoke(&self, function: &str) -> Result<String, SubjectError> {
+        self.function_subject("async", function)
+    }
+
+    /// Every asynchronous invocation (the async stream's subject filter).
+    pub fn async_all(&self) -> String {
+        format!("{}.async.>", self.prefix)
+    }
+
+    /// Log records of one function.
+    pub fn logs(&self, function: &str) -> Result<String, SubjectError> {
+        self.function_subject("logs", function)
+    }
+
+    /// Every log record (the logs stream's subject filter).
+    pub fn logs_all(&self) -> String {
+        format!("{}.logs.>", self.prefix)
+    }
+
+    fn function_subject(&self, kind: &str, function: &str) -> Result<String, SubjectError> {
+        validate_function_name(function).map_err(|_| SubjectError::BadToken(function.into()))?;
+        Ok(format!("{}.{kind}.{function}", self.prefix))
+    }
+
+    /// Parses `<p>.worker.<id>.invoke` back into the worker id.
+    pub fn parse_worker_invoke<'a>(&self, subject: &'a str) -> Option<&'a str> {
+        let rest = subject.strip_prefix(&self.prefix)?.strip_prefix('.')?;
+        match rest.split('.').collect::<Vec<_>>().as_slice() {
+            ["worker", id, "invoke"] if valid_token(id) => Some(id),
+            _ => None,
+        }
+    }
+
+    /// Parses `<p>.async.<function>` or `<p>.logs.<function>` into (kind, function).
+    pub fn parse_function_subject<'a>(&self, subject: &'a str) -> Option<(&'a str, &'a str)> {
+        let rest = subject.strip_prefix(&self.prefix)?.strip_prefix('.')?;
+        match rest.split('.').collect::<Vec<_>>().as_slice() {
+            [kind @ ("async" | "logs"), function] if valid_token(function) => {
+                Some((kind, function))
+            }
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips() {
+        let s = Subjects::new("nimbus").unwrap();
+        assert_eq!(s.invoke(), "nimbus.invoke");
+        let w = s.worker_invoke("w-1").unwrap();
+        assert_eq!(w, "nimbus.worker.w-1.invoke");
+        assert_eq!(s.parse_worker_invoke(&w), Some("w-1"));
+        let a = s.async_invoke("hello").unwrap();
+        assert_eq!(s.parse_function_subject(&a), Some(("async", "hello")));
+        let l = s.logs("hello_2").unwrap();
+        assert_eq!(s.parse_function_subject(&l), Some(("logs", "hello_2")));
+    }
+
+    #[test]
+    fn multi_token_prefix() {
+        let s = Subjects::new("acme.prod").unwrap();
+        let w = s.worker_invoke("abc").unwrap();
+        assert_eq!(w, "acme.prod.worker.abc.invoke");
+        assert_eq!(s.parse_worker_invoke(&w), Some("abc"));
+        assert_eq!(s.parse_worker_invoke("nimbus.worker.abc.invoke"), None);
+    }
+
+    #[test]
+    fn refuses_bad_tokens() {
+        let s = Subjects::new("nimbus").unwrap();
+        assert!(s.worker_invoke("a.b").is_err());
+        assert!(s.worker_invoke("*").is_err());
+        assert!(s.async_invoke("a>").is_err());
+        assert!(s.logs("").is_err());
+        assert!(Subjects::new("nimbus..x").is_err());
+        assert!(Subjects::new("").is_err());
+        assert_eq!(s.parse_worker_invoke("nimbus.worker.a.b.invoke"), None);
+    }
+}

@@ -1,0 +1,35 @@
+//! Worker heartbeats: what schedulers know of a worker. Liveness is a recent heartbeat.
+
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{current_version, versioned};
+
+/// How often workers publish a heartbeat.
+pub const HEARTBEAT_INTERVAL_MS: u64 = 1000;
+/// A worker not heard from for this long is out of placement.
+pub const WORKER_EXPIRY_MS: u64 = 3000;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    #[serde(default = "current_version")]
+    pub v: u16,
+    pub worker_id: String,
+    /// Invocations it runs at once, at most.
+    pub slots: u32,
+    /// Invocations running now.
+    pub busy: u32,
+    /// Stopping: takes no new work.
+    #[serde(default)]
+    pub draining: bool,
+    /// Idle warm instances, by function and configuration revision.
+    #[serde(default)]
+    pub warm: Vec<WarmInstances>,
+}
+versioned!(Heartbeat);
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WarmInstances {
+    pub function: String,
+    pub revision: u64,
+    pub idle: u32,
+}

@@ -1,0 +1,280 @@
+//! The function commands: deploy, invoke, ls, rm, logs.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use base64::Engine;
+use futures::StreamExt;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::client::{Client, api_error, is_not_found};
+
+pub struct Deploy {
+    pub name: String,
+    pub runtime: String,
+    pub handler: Option<String>,
+    pub code: PathBuf,
+    pub timeout: Option<u32>,
+    pub memory: Option<u32>,
+    pub env: Vec<(String, String)>,
+    pub description: Option<String>,
+}
+
+pub async fn deploy(client: &Client, d: Deploy) -> anyhow::Result<()> {
+    let zip = crate::package::package(&d.code)?;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&zip);
+    let exists = {
+        let resp = client
+            .request(Method::GET, &format!("/2015-03-31/functions/{}", d.name))
+            .send()
+            .await
+            .map_err(|e| client.transport(e))?;
+        if resp.status().is_success() {
+            true
+        } else if is_not_found(resp.status()) {
+            false
+        } else {
+            return Err(api_error(resp).await);
+        }
+    };
+    let env: BTreeMap<String, String> = d.env.iter().cloned().collect();
+    let cfg = if exists {
+        upload(
+            client,
+            Method::PUT,
+            &format!("/2015-03-31/functions/{}/code", d.name),
+            json!({ "ZipFile": b64 }),
+            zip.len(),
+        )
+        .await?;
+        let mut update = json!({ "Runtime": d.runtime });
+        if let Some(h) = &d.handler {
+            update["Handler"] = json!(h);
+        }
+        if let Some(t) = d.timeout {
+            update["Timeout"] = json!(t);
+        }
+        if let Some(m) = d.memory {
+            update["MemorySize"] = json!(m);
+        }
+        if !d.env.is_empty() {
+            update["Environment"] = json!({ "Variables": env });
+        }
+        if let Some(desc) = &d.description {
+            update["Description"] = json!(desc);
+        }
+        let resp = client
+            .send(
+                client
+                    .request(
+                        Method::PUT,
+                        &format!("/2015-03-31/functions/{}/configuration", d.name),
+                    )
+                    .json(&update),
+            )
+            .await?;
+        resp.json::<Value>().await?
+    } else {
+        let mut create = json!({
+            "FunctionName": d.name,
+            "Runtime": d.runtime,
+            "Role": "arn:aws:iam::000000000000:role/nimbus",
+            "Handler": d.handler.clone().unwrap_or_default(),
+            "Code": { "ZipFile": b64 },
+            "Environment": { "Variables": env },
+        });
+        if let Some(t) = d.timeout {
+            create["Timeout"] = json!(t);
+        }
+        if let Some(m) = d.memory {
+            create["MemorySize"] = json!(m);
+        }
+        if let Some(desc) = &d.description {
+            create["Description"] = json!(desc);
+        }
+        upload(
+            client,
+            Method::POST,
+            "/2015-03-31/functions",
+            create,
+            zip.len(),
+        )
+        .await?
+    };
+    println!(
+        "{} {} ({}, {} bytes, sha256 {})",
+        if exists { "updated" } else { "created" },
+        d.name,
+        cfg["Runtime"].as_str().unwrap_or(""),
+        cfg["CodeSize"],
+        cfg["CodeSha256"].as_str().unwrap_or(""),
+    );
+    Ok(())
+}
+
+/// Sends a JSON document in chunks, with a progress bar on a terminal.
+async fn upload(
+    client: &Client,
+    method: Method,
+    path: &str,
+    doc: Value,
+    zip_len: usize,
+) -> anyhow::Result<Value> {
+    let body = serde_json::to_vec(&doc)?;
+    let total = body.len() as u64;
+    let bar = if std::io::IsTerminal::is_terminal(&std::io::stderr()) && zip_len > 64 * 1024 {
+        indicatif::ProgressBar::new(total)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "uploading {bar:30} {bytes}/{total_bytes} {bytes_per_sec}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let b = bar.clone();
+    let chunks: Vec<bytes::Bytes> = bytes::Bytes::from(body)
+        .chunks(64 * 1024)
+        .map(bytes::Bytes::copy_from_slice)
+        .collect();
+    let stream = futures::stream::iter(chunks).map(move |c| {
+        b.inc(c.len() as u64);
+        Ok::<_, std::io::Error>(c)
+    });
+    let req = client
+        .request(method, path)
+        .header("Content-Type", "application/json")
+        .header("Content-Length", total)
+        .body(reqwest::Body::wrap_stream(stream));
+    let result = client.send(req).await;
+    bar.finish_and_clear();
+    Ok(result?.json().await?)
+}
+
+pub async fn invoke(
+    client: &Client,
+    name: &str,
+    payload: Vec<u8>,
+    asynchronous: bool,
+    log: bool,
+) -> anyhow::Result<bool> {
+    let mut req = client
+        .request(
+            Method::POST,
+            &format!("/2015-03-31/functions/{name}/invocations"),
+        )
+        .header(
+            "X-Amz-Invocation-Type",
+            if asynchronous {
+                "Event"
+            } else {
+                "RequestResponse"
+            },
+        )
+        .body(payload);
+    if log {
+        req = req.header("X-Amz-Log-Type", "Tail");
+    }
+    let resp = client.send(req).await?;
+    if asynchronous {
+        let id = resp
+            .headers()
+            .get("x-amzn-RequestId")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        println!("queued {name} (request {id})");
+        return Ok(true);
+    }
+    let function_error = resp.headers().get("X-Amz-Function-Error").is_some();
+    if let Some(tail) = resp
+        .headers()
+        .get("X-Amz-Log-Result")
+        .and_then(|v| v.to_str().ok())
+        && let Ok(text) = base64::engine::general_purpose::STANDARD.decode(tail)
+    {
+        eprint!("{}", String::from_utf8_lossy(&text));
+    }
+    let body = resp.bytes().await?;
+    println!("{}", String::from_utf8_lossy(&body));
+    if function_error {
+        eprintln!("function error (Unhandled)");
+    }
+    Ok(!function_error)
+}
+
+pub async fn list(client: &Client) -> anyhow::Result<()> {
+    let mut marker: Option<String> = None;
+    let mut rows = Vec::new();
+    loop {
+        let mut path = "/2015-03-31/functions/?MaxItems=50".to_string();
+        if let Some(m) = &marker {
+            path.push_str(&format!("&Marker={m}"));
+        }
+        let doc: Value = client
+            .send(client.request(Method::GET, &path))
+            .await?
+            .json()
+            .await?;
+        for f in doc["Functions"].as_array().into_iter().flatten() {
+            rows.push(format!(
+                "{:<32} {:<16} {:>7} {:>7}  {}",
+                f["FunctionName"].as_str().unwrap_or(""),
+                f["Runtime"].as_str().unwrap_or(""),
+                f["MemorySize"].to_string(),
+                f["Timeout"].to_string(),
+                f["LastModified"].as_str().unwrap_or(""),
+            ));
+        }
+        match doc["NextMarker"].as_str() {
+            Some(m) => marker = Some(m.to_string()),
+            None => break,
+        }
+    }
+    println!("{:<32} {:<16} {:>7} {:>7}  LAST MODIFIED", "NAME", "RUNTIME", "MEMORY", "TIMEOUT");
+    for r in rows {
+        println!("{r}");
+    }
+    Ok(())
+}
+
+pub async fn remove(client: &Client, name: &str) -> anyhow::Result<()> {
+    client
+        .send(client.request(Method::DELETE, &format!("/2015-03-31/functions/{name}")))
+        .await?;
+    println!("deleted {name}");
+    Ok(())
+}
+
+pub async fn logs(client: &Client, name: &str, limit: u32) -> anyhow::Result<()> {
+    // Fail like every other command when the function does not exist.
+    client
+        .send(client.request(
+            Method::GET,
+            &format!("/2015-03-31/functions/{name}/configuration"),
+        ))
+        .await?;
+    let doc: Value = client
+        .send(client.request(
+            Method::GET,
+            &format!("/nimbus/v1/functions/{name}/logs?limit={limit}"),
+        ))
+        .await?
+        .json()
+        .await?;
+    for ev in doc["events"].as_array().into_iter().flatten() {
+        print!("{}", ev["message"].as_str().unwrap_or(""));
+    }
+    Ok(())
+}
+
+pub fn read_payload(payload: Option<String>, file: Option<PathBuf>) -> anyhow::Result<Vec<u8>> {
+    match (payload, file) {
+        (Some(_), Some(_)) => bail!("give --payload or --payload-file, not both"),
+        (Some(p), None) => Ok(p.into_bytes()),
+        (None, Some(f)) => std::fs::read(&f).with_context(|| format!("reading {}", f.display())),
+        (None, None) => Ok(b"{}".to_vec()),
+    }
+}

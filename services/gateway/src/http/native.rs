@@ -1,0 +1,123 @@
+//! The native API (`/nimbus/v1/…`): what Lambda's API has no call for. Code download
+//! (`get_function`'s `Code.Location`), logs, health and metrics.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::consumer;
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::header;
+use axum::response::IntoResponse;
+use futures::StreamExt;
+use nimbus_proto::LogRecord;
+use serde_json::json;
+
+use super::parse_function_name;
+use crate::AppState;
+use crate::code;
+use crate::error::ApiError;
+
+pub async fn healthz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    match state.nats.connection_state() {
+        async_nats::connection::State::Connected => {
+            (axum::http::StatusCode::OK, Json(json!({"status": "ok"})))
+        }
+        other => (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "degraded", "nats": other.to_string()})),
+        ),
+    }
+}
+
+pub async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+}
+
+pub async fn download_code(
+    State(state): State<Arc<AppState>>,
+    Path(raw): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let (name, _) = parse_function_name(&raw)?;
+    let cfg = super::functions::current(&state, &name).await?;
+    let bytes = code::read_package(&state.code, &cfg.code).await?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/zip".to_string()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{name}.zip\""),
+            ),
+        ],
+        bytes,
+    ))
+}
+
+/// `GET /nimbus/v1/functions/{name}/logs?limit=N`: the last N invocation records
+/// (default 20, at most 1000 — the logs stream keeps 1000 per function).
+pub async fn logs(
+    State(state): State<Arc<AppState>>,
+    Path(raw): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let (name, _) = parse_function_name(&raw)?;
+    let limit: usize = q
+        .get("limit")
+        .map(|l| {
+            l.parse()
+                .ok()
+                .filter(|n| (1..=1000).contains(n))
+                .ok_or_else(|| ApiError::InvalidParameter(format!("limit {l:?} must be 1-1000")))
+        })
+        .transpose()?
+        .unwrap_or(20);
+    let subject = state
+        .subjects
+        .logs(&name)
+        .map_err(|e| ApiError::InvalidParameter(e.to_string()))?;
+    let stream = state
+        .js
+        .get_stream(state.names.logs_stream())
+        .await
+        .map_err(|e| ApiError::Service(format!("opening the logs stream: {e}")))?;
+    let last = match stream.get_last_raw_message_by_subject(&subject).await {
+        Ok(m) => m.sequence,
+        Err(_) => return Ok(Json(json!({ "function": name, "events": [] }))),
+    };
+    let consumer = stream
+        .create_consumer(consumer::pull::OrderedConfig {
+            filter_subject: subject.clone(),
+            deliver_policy: consumer::DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| ApiError::Service(format!("reading logs: {e}")))?;
+    let mut messages = consumer
+        .messages()
+        .await
+        .map_err(|e| ApiError::Service(format!("reading logs: {e}")))?;
+    let mut records: std::collections::VecDeque<serde_json::Value> = Default::default();
+    while let Ok(Some(Ok(msg))) =
+        tokio::time::timeout(Duration::from_secs(2), messages.next()).await
+    {
+        let seq = msg.info().map(|i| i.stream_sequence).unwrap_or(last);
+        if let Ok(rec) = nimbus_proto::decode::<LogRecord>(&msg.payload) {
+            records.push_back(json!({
+                "timestamp": rec.timestamp_ms,
+                "requestId": rec.request_id,
+                "message": rec.text,
+            }));
+            if records.len() > limit {
+                records.pop_front();
+            }
+        }
+        if seq >= last {
+            break;
+        }
+    }
+    Ok(Json(json!({ "function": name, "events": records })))
+}

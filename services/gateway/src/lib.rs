@@ -1,0 +1,79 @@
+//! The Nimbus gateway: the HTTP front door.
+//!
+//! # Layout
+//! - [`http`]: the router; one file per group of operations
+//!   ([`http::functions`], [`http::invocations`], [`http::native`]);
+//! - [`error`]: `ApiError`, the one place AWS error types and statuses are chosen;
+//! - [`shapes`]: Lambda's JSON request and response shapes;
+//! - [`code`]: validating and storing code packages.
+//!
+//! The gateway is the writer of function configurations (KV compare-and-set) and
+//! keeps a mirror of them for invocations; it holds no other state.
+
+pub mod code;
+pub mod error;
+pub mod http;
+pub mod shapes;
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use nimbus_common::{CodeStore, KvCache};
+use nimbus_proto::{FunctionConfig, Names, Subjects};
+use tokio_util::sync::CancellationToken;
+
+pub struct GatewayConfig {
+    pub region: String,
+}
+
+/// Shared by every handler.
+pub struct AppState {
+    pub nats: async_nats::Client,
+    pub js: async_nats::jetstream::Context,
+    pub subjects: Subjects,
+    pub names: Names,
+    pub functions: Arc<KvCache<FunctionConfig>>,
+    pub code: CodeStore,
+    pub region: String,
+    pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+}
+
+pub async fn run(
+    cfg: GatewayConfig,
+    listener: tokio::net::TcpListener,
+    nats: async_nats::Client,
+    subjects: Subjects,
+    names: Names,
+    code: CodeStore,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let topology = nimbus_common::topology::ensure(&nats, &names, &subjects).await?;
+    let stop = CancellationToken::new();
+    let functions = KvCache::start(topology.functions.clone(), stop.clone()).await;
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let metrics = recorder.handle();
+    if metrics::set_global_recorder(recorder).is_err() {
+        tracing::debug!("a metrics recorder was already installed");
+    }
+    let state = Arc::new(AppState {
+        nats: nats.clone(),
+        js: topology.js,
+        subjects,
+        names,
+        functions,
+        code,
+        region: cfg.region,
+        metrics,
+    });
+    let app = http::router(state);
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "gateway listening");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+        .context("serving HTTP")?;
+    stop.cancel();
+    let _ = nats.flush().await;
+    tracing::info!("gateway stopped");
+    Ok(())
+}

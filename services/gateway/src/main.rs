@@ -1,0 +1,66 @@
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+
+/// The Nimbus gateway: the AWS Lambda API and the native API over HTTP.
+#[derive(Debug, Parser)]
+#[command(name = "nimbus-gateway", version)]
+struct Args {
+    #[command(flatten)]
+    nats: nimbus_common::NatsArgs,
+    /// Address to listen on.
+    #[arg(long, env = "NIMBUS_GATEWAY_ADDR", default_value = "127.0.0.1:8080")]
+    addr: String,
+    /// Where code packages live (`file:///path`, `s3://bucket/prefix`).
+    /// Default: `file://<data-dir>/code-store`.
+    #[arg(long, env = "NIMBUS_CODE_STORE")]
+    code_store: Option<String>,
+    #[arg(long, env = "NIMBUS_DATA_DIR", default_value = "./nimbus-data")]
+    data_dir: PathBuf,
+    /// Region reported in ARNs.
+    #[arg(long, env = "NIMBUS_REGION", default_value = "us-east-1")]
+    region: String,
+    /// Write the bound address to this file once listening (for supervisors and
+    /// tests that bind port 0).
+    #[arg(long, env = "NIMBUS_ADDR_FILE")]
+    addr_file: Option<PathBuf>,
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    nimbus_common::telemetry::init();
+    match main_exec().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "gateway failed");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn main_exec() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let shutdown = nimbus_common::shutdown_signal()?;
+    let data_dir = std::path::absolute(&args.data_dir).context("data dir")?;
+    let store_url = args
+        .code_store
+        .clone()
+        .unwrap_or_else(|| format!("file://{}", data_dir.join("code-store").display()));
+    let code = nimbus_common::CodeStore::from_url(&store_url)?;
+    let subjects = args.nats.subjects()?;
+    let names = args.nats.names();
+    let nats = nimbus_common::connect(&args.nats, "nimbus-gateway").await?;
+    let listener = tokio::net::TcpListener::bind(&args.addr)
+        .await
+        .with_context(|| format!("binding {}", args.addr))?;
+    if let Some(path) = &args.addr_file {
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, listener.local_addr()?.to_string())?;
+        std::fs::rename(&tmp, path)?;
+    }
+    let cfg = nimbus_gateway::GatewayConfig {
+        region: args.region,
+    };
+    nimbus_gateway::run(cfg, listener, nats, subjects, names, code, shutdown).await
+}

@@ -1,0 +1,105 @@
+//! The Nimbus scheduler: the router between gateways and workers.
+//!
+//! # Layout
+//! - [`registry`]: function configurations from a KV watch (no storage read per call);
+//! - [`workers`]: the live worker table from heartbeats;
+//! - [`placement`]: picking a worker and handing an invocation over;
+//! - [`sync_invoke`]: synchronous invocations (queue group `scheduler`);
+//! - [`async_queue`]: durable asynchronous invocations from JetStream.
+//!
+//! Several schedulers may run; they share both the queue group and the durable
+//! consumer, so each invocation is routed by exactly one of them.
+
+pub mod async_queue;
+pub mod placement;
+pub mod registry;
+pub mod sync_invoke;
+pub mod workers;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use nimbus_proto::{Heartbeat, Names, Subjects, decode};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::placement::Placement;
+use crate::registry::Registry;
+use crate::workers::WorkerTable;
+
+#[derive(Debug, Clone)]
+pub struct SchedulerConfig {
+    /// How long a stopping scheduler waits for invocations it is placing or holding.
+    pub drain_timeout: Duration,
+}
+
+pub async fn run(
+    cfg: SchedulerConfig,
+    nats: async_nats::Client,
+    subjects: Subjects,
+    names: Names,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let topology = nimbus_common::topology::ensure(&nats, &names, &subjects).await?;
+    let stop = CancellationToken::new();
+    let registry = Registry::start(topology.functions.clone(), stop.clone()).await?;
+    let workers = Arc::new(WorkerTable::default());
+
+    let mut heartbeats = nats.subscribe(subjects.heartbeat()).await?;
+    let table = workers.clone();
+    let hb_stop = stop.clone();
+    tokio::spawn(async move {
+        loop {
+            let msg = tokio::select! {
+                m = heartbeats.next() => m,
+                _ = hb_stop.cancelled() => break,
+            };
+            let Some(msg) = msg else { break };
+            match decode::<Heartbeat>(&msg.payload) {
+                Ok(hb) => table.update(hb),
+                Err(e) => tracing::warn!(error = %e, "undecodable heartbeat ignored"),
+            }
+        }
+    });
+
+    let placement = Arc::new(Placement {
+        nats: nats.clone(),
+        subjects: subjects.clone(),
+        workers,
+    });
+    let tracker = TaskTracker::new();
+    let consumers = CancellationToken::new();
+    let sync = tokio::spawn(sync_invoke::run(
+        placement.clone(),
+        registry.clone(),
+        consumers.clone(),
+        tracker.clone(),
+    ));
+    let asynchronous = tokio::spawn(async_queue::run(
+        placement.clone(),
+        registry.clone(),
+        topology.async_stream.clone(),
+        names.clone(),
+        consumers.clone(),
+        tracker.clone(),
+    ));
+    nats.flush().await?;
+    tracing::info!("scheduler ready");
+
+    shutdown.cancelled().await;
+    consumers.cancel();
+    let _ = sync.await;
+    let _ = asynchronous.await;
+    tracker.close();
+    if tokio::time::timeout(cfg.drain_timeout, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("drain timeout: unfinished async invocations will be redelivered");
+    }
+    stop.cancel();
+    let _ = nats.flush().await;
+    tracing::info!("scheduler stopped");
+    Ok(())
+}

@@ -1,0 +1,38 @@
+use std::time::Duration;
+
+use clap::Parser;
+
+/// The Nimbus scheduler: places invocations on workers.
+#[derive(Debug, Parser)]
+#[command(name = "nimbus-scheduler", version)]
+struct Args {
+    #[command(flatten)]
+    nats: nimbus_common::NatsArgs,
+    /// Seconds a stopping scheduler waits for in-flight invocations.
+    #[arg(long, env = "NIMBUS_DRAIN_TIMEOUT_SECS", default_value_t = 60)]
+    drain_timeout_secs: u64,
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    nimbus_common::telemetry::init();
+    match main_exec().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "scheduler failed");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn main_exec() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let shutdown = nimbus_common::shutdown_signal()?;
+    let subjects = args.nats.subjects()?;
+    let names = args.nats.names();
+    let nats = nimbus_common::connect(&args.nats, "nimbus-scheduler").await?;
+    let cfg = nimbus_scheduler::SchedulerConfig {
+        drain_timeout: Duration::from_secs(args.drain_timeout_secs),
+    };
+    nimbus_scheduler::run(cfg, nats, subjects, names, shutdown).await
+}

@@ -1,0 +1,188 @@
+//! The live table of workers, fed by their heartbeats. A worker not heard from for
+//! [`nimbus_proto::worker::WORKER_EXPIRY_MS`] is out of placement. Between heartbeats
+//! the scheduler counts what it dispatched itself, so a burst does not pile onto the
+//! worker that looked emptiest a second ago.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use nimbus_proto::Heartbeat;
+
+const EXPIRY: Duration = Duration::from_millis(nimbus_proto::worker::WORKER_EXPIRY_MS);
+
+struct Entry {
+    hb: Heartbeat,
+    seen: Instant,
+    /// Dispatched by this scheduler since the last heartbeat.
+    extra_busy: u32,
+    /// Warm instances this scheduler used since the last heartbeat, per key.
+    warm_taken: HashMap<(String, u64), u32>,
+}
+
+impl Entry {
+    fn free(&self) -> u32 {
+        self.hb
+            .slots
+            .saturating_sub(self.hb.busy)
+            .saturating_sub(self.extra_busy)
+    }
+
+    fn idle_warm(&self, function: &str, revision: u64) -> u32 {
+        let idle = self
+            .hb
+            .warm
+            .iter()
+            .find(|w| w.function == function && w.revision == revision)
+            .map(|w| w.idle)
+            .unwrap_or(0);
+        let taken = self
+            .warm_taken
+            .get(&(function.to_string(), revision))
+            .copied()
+            .unwrap_or(0);
+        idle.saturating_sub(taken)
+    }
+}
+
+#[derive(Default)]
+pub struct WorkerTable {
+    workers: Mutex<HashMap<String, Entry>>,
+}
+
+impl WorkerTable {
+    pub fn update(&self, hb: Heartbeat) {
+        let mut w = self.workers.lock().expect("lock poisoned");
+        if !w.contains_key(&hb.worker_id) {
+            tracing::info!(worker_id = %hb.worker_id, slots = hb.slots, "worker joined");
+        }
+        w.insert(
+            hb.worker_id.clone(),
+            Entry {
+                hb,
+                seen: Instant::now(),
+                extra_busy: 0,
+                warm_taken: HashMap::new(),
+            },
+        );
+    }
+
+    /// Workers to try, best first: those with an idle warm instance of this exact
+    /// configuration, then the rest by free slots (most first).
+    pub fn candidates(&self, function: &str, revision: u64) -> Vec<String> {
+        let now = Instant::now();
+        let mut w = self.workers.lock().expect("lock poisoned");
+        w.retain(|id, e| {
+            let alive = now.duration_since(e.seen) < EXPIRY;
+            if !alive {
+                tracing::warn!(worker_id = %id, "worker expired (no heartbeat)");
+            }
+            alive
+        });
+        let mut list: Vec<(bool, u32, &String)> = w
+            .iter()
+            .filter(|(_, e)| !e.hb.draining && e.free() > 0)
+            .map(|(id, e)| (e.idle_warm(function, revision) > 0, e.free(), id))
+            .collect();
+        list.sort_by(|a, b| b.0.cmp(&a.0).then(b.1.cmp(&a.1)).then(a.2.cmp(b.2)));
+        list.into_iter().map(|(_, _, id)| id.clone()).collect()
+    }
+
+    /// Records a dispatch this scheduler made.
+    pub fn dispatched(&self, worker: &str, function: &str, revision: u64) {
+        let mut w = self.workers.lock().expect("lock poisoned");
+        if let Some(e) = w.get_mut(worker) {
+            e.extra_busy += 1;
+            if e.idle_warm(function, revision) > 0 {
+                *e.warm_taken
+                    .entry((function.to_string(), revision))
+                    .or_default() += 1;
+            }
+        }
+    }
+
+    /// Records that a worker refused work for lack of slots.
+    pub fn refused(&self, worker: &str) {
+        let mut w = self.workers.lock().expect("lock poisoned");
+        if let Some(e) = w.get_mut(worker) {
+            e.extra_busy = e.hb.slots;
+        }
+    }
+
+    pub fn is_alive(&self, worker: &str) -> bool {
+        let w = self.workers.lock().expect("lock poisoned");
+        w.get(worker).is_some_and(|e| e.seen.elapsed() < EXPIRY)
+    }
+
+    pub fn len(&self) -> usize {
+        self.workers.lock().expect("lock poisoned").len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nimbus_proto::{WIRE_VERSION, WarmInstances};
+
+    fn hb(id: &str, slots: u32, busy: u32, warm: &[(&str, u64, u32)]) -> Heartbeat {
+        Heartbeat {
+            v: WIRE_VERSION,
+            worker_id: id.into(),
+            slots,
+            busy,
+            draining: false,
+            warm: warm
+                .iter()
+                .map(|(f, r, i)| WarmInstances {
+                    function: f.to_string(),
+                    revision: *r,
+                    idle: *i,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn warm_first_then_least_loaded() {
+        let t = WorkerTable::default();
+        t.update(hb("a", 4, 0, &[]));
+        t.update(hb("b", 4, 3, &[("f", 2, 1)]));
+        t.update(hb("c", 4, 1, &[("f", 1, 1)]));
+        assert_eq!(t.candidates("f", 2), vec!["b", "a", "c"]);
+        // b's one warm instance is taken by the first dispatch.
+        t.dispatched("b", "f", 2);
+        assert_eq!(t.candidates("f", 2), vec!["a", "c"]);
+    }
+
+    #[test]
+    fn full_and_draining_workers_are_skipped() {
+        let t = WorkerTable::default();
+        t.update(hb("a", 2, 2, &[]));
+        let mut d = hb("b", 2, 0, &[]);
+        d.draining = true;
+        t.update(d);
+        assert!(t.candidates("f", 1).is_empty());
+        t.update(hb("c", 1, 0, &[]));
+        assert_eq!(t.candidates("f", 1), vec!["c"]);
+        t.refused("c");
+        assert!(t.candidates("f", 1).is_empty());
+    }
+
+    #[test]
+    fn silent_workers_expire() {
+        let t = WorkerTable::default();
+        t.update(hb("a", 2, 0, &[]));
+        assert!(t.is_alive("a"));
+        {
+            let mut w = t.workers.lock().unwrap();
+            w.get_mut("a").unwrap().seen = Instant::now() - EXPIRY - Duration::from_millis(1);
+        }
+        assert!(!t.is_alive("a"));
+        assert!(t.candidates("f", 1).is_empty());
+        assert!(t.is_empty());
+    }
+}

