@@ -26,7 +26,21 @@ async fn deploy_invoke_list_logs_remove() {
     std::fs::copy(fixture("python/app.py"), dir.path().join("app.py")).unwrap();
     let code = dir.path().to_str().unwrap();
 
-    let (ok, out, err) = nimbus(&ep, &["deploy", "hello", "--runtime", "python3.12", "--handler", "app.handler", "--code", code, "--env", "GREETING=from cli"]);
+    let (ok, out, err) = nimbus(
+        &ep,
+        &[
+            "deploy",
+            "hello",
+            "--runtime",
+            "python3.12",
+            "--handler",
+            "app.handler",
+            "--code",
+            code,
+            "--env",
+            "GREETING=from cli",
+        ],
+    );
     assert!(ok, "deploy failed: {out}{err}");
     assert!(out.contains("created hello"), "{out}");
 
@@ -41,28 +55,67 @@ async fn deploy_invoke_list_logs_remove() {
     assert_eq!(v["count"], 2, "warm instance reused");
 
     // Redeploy (update path): new code, same name.
-    std::fs::write(dir.path().join("app.py"), "def handler(e, c):\n    print('v2 here')\n    return 'v2'\n").unwrap();
-    let (ok, out, err) = nimbus(&ep, &["deploy", "hello", "--runtime", "python3.12", "--handler", "app.handler", "--code", code]);
+    std::fs::write(
+        dir.path().join("app.py"),
+        "def handler(e, c):\n    print('v2 here')\n    return 'v2'\n",
+    )
+    .unwrap();
+    let (ok, out, err) = nimbus(
+        &ep,
+        &[
+            "deploy",
+            "hello",
+            "--runtime",
+            "python3.12",
+            "--handler",
+            "app.handler",
+            "--code",
+            code,
+        ],
+    );
     assert!(ok && out.contains("updated hello"), "{out}{err}");
     let (ok, out, _) = nimbus(&ep, &["invoke", "hello"]);
     assert!(ok);
     assert_eq!(out.trim(), "\"v2\"");
 
     let (ok, out, _) = nimbus(&ep, &["ls"]);
-    assert!(ok && out.lines().any(|l| l.starts_with("hello ") && l.contains("python3.12")), "{out}");
+    assert!(
+        ok && out
+            .lines()
+            .any(|l| l.starts_with("hello ") && l.contains("python3.12")),
+        "{out}"
+    );
 
     let (ok, out, err) = nimbus(&ep, &["logs", "hello"]);
     assert!(ok, "{err}");
     assert!(out.contains("hello from hello count 1"), "{out}");
     assert!(out.contains("v2 here"), "{out}");
-    assert!(out.contains("REPORT RequestId:") && out.contains("Max Memory Used:"), "{out}");
+    assert!(
+        out.contains("REPORT RequestId:") && out.contains("Max Memory Used:"),
+        "{out}"
+    );
 
     // A function error: printed, exit status 1.
-    let (ok, out, err) = nimbus(&ep, &["deploy", "failing", "--runtime", "python3.12", "--handler", "app.fail", "--code", fixture("python").to_str().unwrap()]);
+    let (ok, out, err) = nimbus(
+        &ep,
+        &[
+            "deploy",
+            "failing",
+            "--runtime",
+            "python3.12",
+            "--handler",
+            "app.fail",
+            "--code",
+            fixture("python").to_str().unwrap(),
+        ],
+    );
     assert!(ok, "{out}{err}");
     let (ok, out, err) = nimbus(&ep, &["invoke", "failing"]);
     assert!(!ok);
-    assert!(out.contains("ValueError") && err.contains("function error"), "{out}{err}");
+    assert!(
+        out.contains("ValueError") && err.contains("function error"),
+        "{out}{err}"
+    );
 
     let (ok, out, _) = nimbus(&ep, &["rm", "hello"]);
     assert!(ok && out.contains("deleted hello"));
@@ -73,7 +126,11 @@ async fn deploy_invoke_list_logs_remove() {
 
     // Logs survive a gateway restart (they live in NATS, not the gateway).
     let mut cluster = cluster;
-    assert!(cluster.gateway.terminate(std::time::Duration::from_secs(10)));
+    assert!(
+        cluster
+            .gateway
+            .terminate(std::time::Duration::from_secs(10))
+    );
     let addr_file = cluster.data.path().join("gateway2.addr");
     let mut cmd = Command::new(bin("nimbus-gateway"));
     cmd.env("NIMBUS_NATS_URL", &cluster.nats.url)
@@ -82,9 +139,11 @@ async fn deploy_invoke_list_logs_remove() {
         .env("NIMBUS_GATEWAY_ADDR", "127.0.0.1:0")
         .env("NIMBUS_ADDR_FILE", &addr_file);
     cluster.gateway = Proc::spawn_for_test("gateway2", cmd, cluster.data.path());
-    let addr = eventually(std::time::Duration::from_secs(20), "restarted gateway", || async {
-        std::fs::read_to_string(&addr_file).ok()
-    })
+    let addr = eventually(
+        std::time::Duration::from_secs(20),
+        "restarted gateway",
+        || async { std::fs::read_to_string(&addr_file).ok() },
+    )
     .await;
     let ep2 = format!("http://{addr}");
     let (ok, out, err) = nimbus(&ep2, &["logs", "failing"]);
@@ -100,5 +159,8 @@ async fn unreachable_cluster_is_one_clear_line() {
     assert!(!ok);
     assert!(out.is_empty());
     assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(err.contains("cannot reach the Nimbus gateway at http://127.0.0.1:9"), "{err}");
+    assert!(
+        err.contains("cannot reach the Nimbus gateway at http://127.0.0.1:9"),
+        "{err}"
+    );
 }

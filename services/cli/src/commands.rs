@@ -233,7 +233,10 @@ pub async fn list(client: &Client) -> anyhow::Result<()> {
             None => break,
         }
     }
-    println!("{:<32} {:<16} {:>7} {:>7}  LAST MODIFIED", "NAME", "RUNTIME", "MEMORY", "TIMEOUT");
+    println!(
+        "{:<32} {:<16} {:>7} {:>7}  LAST MODIFIED",
+        "NAME", "RUNTIME", "MEMORY", "TIMEOUT"
+    );
     for r in rows {
         println!("{r}");
     }
