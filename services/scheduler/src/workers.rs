@@ -1,7 +1,11 @@
 //! The live table of workers, fed by their heartbeats. A worker not heard from for
-//! [`nimbus_proto::worker::WORKER_EXPIRY_MS`] is out of placement. Between heartbeats
-//! the scheduler counts what it dispatched itself, so a burst does not pile onto the
-//! worker that looked emptiest a second ago.
+//! [`nimbus_proto::worker::WORKER_EXPIRY_MS`] is out of placement.
+//!
+//! Load figures are hints for ordering, never grounds for refusing: a heartbeat is up
+//! to a second old and synchronous results bypass the scheduler, so only the worker
+//! knows whether it has a free slot (it refuses otherwise). Between heartbeats the
+//! scheduler counts what it dispatched and what was refused, so a burst spreads
+//! instead of piling onto the worker that looked emptiest a second ago.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -16,6 +20,8 @@ struct Entry {
     seen: Instant,
     /// Dispatched by this scheduler since the last heartbeat.
     extra_busy: u32,
+    /// Refused work since the last heartbeat: tried last.
+    refused: bool,
     /// Warm instances this scheduler used since the last heartbeat, per key.
     warm_taken: HashMap<(String, u64), u32>,
 }
@@ -62,13 +68,15 @@ impl WorkerTable {
                 hb,
                 seen: Instant::now(),
                 extra_busy: 0,
+                refused: false,
                 warm_taken: HashMap::new(),
             },
         );
     }
 
     /// Workers to try, best first: those with an idle warm instance of this exact
-    /// configuration, then the rest by free slots (most first).
+    /// configuration, then the rest by estimated free slots (most first); workers
+    /// that just refused come last. Draining and silent workers are left out.
     pub fn candidates(&self, function: &str, revision: u64) -> Vec<String> {
         let now = Instant::now();
         let mut w = self.workers.lock().expect("lock poisoned");
@@ -79,13 +87,21 @@ impl WorkerTable {
             }
             alive
         });
-        let mut list: Vec<(bool, u32, &String)> = w
+        let mut list: Vec<(bool, bool, u32, &String)> = w
             .iter()
-            .filter(|(_, e)| !e.hb.draining && e.free() > 0)
-            .map(|(id, e)| (e.idle_warm(function, revision) > 0, e.free(), id))
+            .filter(|(_, e)| !e.hb.draining)
+            .map(|(id, e)| {
+                let warm = e.idle_warm(function, revision) > 0 && e.free() > 0;
+                (!e.refused, warm, e.free(), id)
+            })
             .collect();
-        list.sort_by(|a, b| b.0.cmp(&a.0).then(b.1.cmp(&a.1)).then(a.2.cmp(b.2)));
-        list.into_iter().map(|(_, _, id)| id.clone()).collect()
+        list.sort_by(|a, b| {
+            b.0.cmp(&a.0)
+                .then(b.1.cmp(&a.1))
+                .then(b.2.cmp(&a.2))
+                .then(a.3.cmp(b.3))
+        });
+        list.into_iter().map(|(_, _, _, id)| id.clone()).collect()
     }
 
     /// Records a dispatch this scheduler made.
@@ -105,7 +121,7 @@ impl WorkerTable {
     pub fn refused(&self, worker: &str) {
         let mut w = self.workers.lock().expect("lock poisoned");
         if let Some(e) = w.get_mut(worker) {
-            e.extra_busy = e.hb.slots;
+            e.refused = true;
         }
     }
 
@@ -153,23 +169,27 @@ mod tests {
         t.update(hb("b", 4, 3, &[("f", 2, 1)]));
         t.update(hb("c", 4, 1, &[("f", 1, 1)]));
         assert_eq!(t.candidates("f", 2), vec!["b", "a", "c"]);
-        // b's one warm instance is taken by the first dispatch.
+        // b's one warm instance is taken by the first dispatch; b is still a
+        // candidate (only the worker knows whether it is full), but last.
         t.dispatched("b", "f", 2);
-        assert_eq!(t.candidates("f", 2), vec!["a", "c"]);
+        assert_eq!(t.candidates("f", 2), vec!["a", "c", "b"]);
     }
 
     #[test]
-    fn full_and_draining_workers_are_skipped() {
+    fn draining_workers_are_skipped_and_refusers_go_last() {
         let t = WorkerTable::default();
-        t.update(hb("a", 2, 2, &[]));
         let mut d = hb("b", 2, 0, &[]);
         d.draining = true;
         t.update(d);
         assert!(t.candidates("f", 1).is_empty());
+        t.update(hb("a", 2, 2, &[]));
         t.update(hb("c", 1, 0, &[]));
-        assert_eq!(t.candidates("f", 1), vec!["c"]);
+        assert_eq!(t.candidates("f", 1), vec!["c", "a"]);
         t.refused("c");
-        assert!(t.candidates("f", 1).is_empty());
+        assert_eq!(t.candidates("f", 1), vec!["a", "c"]);
+        // The next heartbeat clears the refusal.
+        t.update(hb("c", 1, 0, &[]));
+        assert_eq!(t.candidates("f", 1), vec!["c", "a"]);
     }
 
     #[test]

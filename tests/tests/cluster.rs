@@ -1,0 +1,217 @@
+//! The cluster under pressure: Event invocations, workers dying, every slot busy.
+
+use std::time::Duration;
+
+use nimbus_tests::*;
+use serde_json::json;
+
+fn marks(path: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+#[tokio::test]
+async fn event_invocation_runs_and_survives_a_worker_sigkill() {
+    let _serial = SERIAL.lock().await;
+    let mut cluster = Cluster::start(ClusterOpts {
+        workers: 2,
+        ..Default::default()
+    })
+    .await;
+    let mark = cluster.data.path().join("marks.txt");
+    cluster
+        .create_function(
+            "marker",
+            "python3.12",
+            "app.slow_mark",
+            &python_zip(),
+            json!({"Timeout": 60, "Environment": {"Variables": {"MARK_FILE": mark.to_str().unwrap()}}}),
+        )
+        .await;
+    // A quick Event invocation runs once.
+    let r = cluster
+        .invoke_raw(
+            "marker",
+            serde_json::to_vec(&json!({"id": "quick", "sleep": 0})).unwrap(),
+            &[("X-Amz-Invocation-Type", "Event")],
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    eventually(
+        Duration::from_secs(20),
+        "the quick event to run",
+        || async {
+            marks(&mark)
+                .iter()
+                .any(|l| l.starts_with("done quick"))
+                .then_some(())
+        },
+    )
+    .await;
+
+    // A slow one: SIGKILL the worker running it; it completes on the other one.
+    let r = cluster
+        .invoke_raw(
+            "marker",
+            serde_json::to_vec(&json!({"id": "slow", "sleep": 4})).unwrap(),
+            &[("X-Amz-Invocation-Type", "Event")],
+        )
+        .await;
+    assert_eq!(r.status, 202);
+    let started = eventually(
+        Duration::from_secs(20),
+        "the slow event to start",
+        || async {
+            marks(&mark)
+                .into_iter()
+                .find(|l| l.starts_with("start slow"))
+        },
+    )
+    .await;
+    // LAMBDA_TASK_ROOT is under the worker's data dir: …/worker-<n>/code/…
+    let victim = (1..=2)
+        .find(|n| started.contains(&format!("/worker-{n}/")))
+        .unwrap_or_else(|| panic!("which worker? {started}"));
+    cluster.workers[victim - 1].kill();
+    let done = eventually(
+        Duration::from_secs(40),
+        "the slow event to finish elsewhere",
+        || async {
+            marks(&mark)
+                .into_iter()
+                .find(|l| l.starts_with("done slow"))
+        },
+    )
+    .await;
+    assert!(
+        !done.contains(&format!("/worker-{victim}/")),
+        "finished on the killed worker? {done}"
+    );
+    // It finished exactly once, and the first run never finished.
+    let all = marks(&mark);
+    assert_eq!(
+        all.iter().filter(|l| l.starts_with("done slow")).count(),
+        1,
+        "{all:?}"
+    );
+    assert_eq!(
+        all.iter().filter(|l| l.starts_with("done quick")).count(),
+        1,
+        "{all:?}"
+    );
+
+    // The survivor keeps serving synchronous calls.
+    cluster
+        .create_function(
+            "echo",
+            "python3.12",
+            "app.handler",
+            &python_zip(),
+            json!({}),
+        )
+        .await;
+    for i in 0..10 {
+        let r = cluster.invoke("echo", &json!({"name": i})).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    // A new worker is used once it heartbeats.
+    cluster.add_worker();
+    let nc = cluster.nats_client().await;
+    cluster.wait_heartbeats(&nc, 2).await;
+    cluster.stop();
+}
+
+#[tokio::test]
+async fn killing_one_of_two_workers_leaves_the_cluster_serving() {
+    let _serial = SERIAL.lock().await;
+    let mut cluster = Cluster::start(ClusterOpts {
+        workers: 2,
+        ..Default::default()
+    })
+    .await;
+    cluster
+        .create_function(
+            "echo",
+            "python3.12",
+            "app.handler",
+            &python_zip(),
+            json!({}),
+        )
+        .await;
+    for i in 0..6 {
+        assert_eq!(
+            cluster.invoke("echo", &json!({"name": i})).await.status,
+            200
+        );
+    }
+    cluster.workers[0].kill();
+    // Right after the kill the scheduler may still pick the dead worker; it must
+    // move on to the live one, so every call succeeds.
+    for i in 0..20 {
+        let r = cluster.invoke("echo", &json!({"name": i})).await;
+        assert_eq!(r.status, 200, "call {i} after the kill: {}", r.text());
+        assert_eq!(r.json()["greeting"], format!("hello {i}"));
+    }
+    cluster.stop();
+}
+
+#[tokio::test]
+async fn every_slot_busy_gives_429() {
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start(ClusterOpts {
+        workers: 1,
+        slots: 1,
+        ..Default::default()
+    })
+    .await;
+    let mark = cluster.data.path().join("marks.txt");
+    cluster
+        .create_function(
+            "busy",
+            "python3.12",
+            "app.slow_mark",
+            &python_zip(),
+            json!({"Timeout": 30, "Environment": {"Variables": {"MARK_FILE": mark.to_str().unwrap()}}}),
+        )
+        .await;
+    let endpoint = cluster.endpoint.clone();
+    let long = tokio::spawn(async move {
+        reqwest::Client::new()
+            .post(format!("{endpoint}/2015-03-31/functions/busy/invocations"))
+            .body(r#"{"id":"long","sleep":4}"#)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    });
+    eventually(
+        Duration::from_secs(20),
+        "the long call to start",
+        || async {
+            marks(&mark)
+                .iter()
+                .any(|l| l.starts_with("start long"))
+                .then_some(())
+        },
+    )
+    .await;
+    let r = cluster
+        .invoke("busy", &json!({"id": "second", "sleep": 0}))
+        .await;
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert_eq!(
+        r.header("x-amzn-ErrorType").as_deref(),
+        Some("TooManyRequestsException")
+    );
+    assert_eq!(long.await.unwrap(), 200);
+    // With the slot free again, the function runs.
+    let r = cluster
+        .invoke("busy", &json!({"id": "third", "sleep": 0}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    cluster.stop();
+}

@@ -1,0 +1,250 @@
+//! Runtimes and the invocation lifecycle: custom `bootstrap`s (bash, Rust
+//! `lambda_runtime`), timeouts that kill the whole process group, measured memory,
+//! and a warm path that reads no storage.
+
+use std::time::Duration;
+
+use base64::Engine;
+use futures::StreamExt;
+use nimbus_tests::*;
+use serde_json::json;
+
+#[tokio::test]
+async fn shell_and_rust_bootstraps() {
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start(ClusterOpts::default()).await;
+    cluster
+        .create_function(
+            "sh",
+            "provided.al2023",
+            "ignored",
+            &shell_zip(),
+            json!({"Environment": {"Variables": {"MY_VAR": "from env"}}}),
+        )
+        .await;
+    let r = cluster.invoke("sh", &json!({"k": [1, 2, 3]})).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["shell"], true);
+    assert_eq!(v["var"], "from env");
+    assert_eq!(v["event"], json!({"k": [1, 2, 3]}));
+    let r = cluster
+        .invoke_raw("sh", b"{\"n\":2}".to_vec(), &[("X-Amz-Log-Type", "Tail")])
+        .await;
+    assert_eq!(r.json()["event"]["n"], 2);
+    let log = String::from_utf8(
+        base64::engine::general_purpose::STANDARD
+            .decode(r.header("X-Amz-Log-Result").unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(log.contains("shell got "), "{log}");
+    assert!(
+        !log.contains("Init Duration"),
+        "a warm invocation has no Init Duration: {log}"
+    );
+
+    cluster
+        .create_function("rs", "provided.al2", "bootstrap", &rust_zip(), json!({}))
+        .await;
+    let r = cluster.invoke("rs", &json!({"hello": "rust"})).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["rust"], true);
+    assert_eq!(v["event"]["hello"], "rust");
+    assert_eq!(v["function"], "rs");
+    assert_eq!(
+        v["request_id"].as_str(),
+        r.header("x-amzn-RequestId").as_deref()
+    );
+    let r = cluster.invoke("rs", &json!({"fail": 1})).await;
+    assert_eq!(
+        r.header("X-Amz-Function-Error").as_deref(),
+        Some("Unhandled")
+    );
+    assert!(
+        r.json()["errorMessage"]
+            .as_str()
+            .unwrap()
+            .contains("asked to fail"),
+        "{}",
+        r.text()
+    );
+
+    // A provided function without a bootstrap fails as a function error, not a crash.
+    cluster
+        .create_function(
+            "nobootstrap",
+            "provided.al2023",
+            "x",
+            &zip_files(&[("README", b"no bootstrap", false)]),
+            json!({}),
+        )
+        .await;
+    let r = cluster.invoke("nobootstrap", &json!({})).await;
+    assert_eq!(
+        r.header("X-Amz-Function-Error").as_deref(),
+        Some("Unhandled")
+    );
+    assert!(r.text().contains("bootstrap"), "{}", r.text());
+    cluster.stop();
+}
+
+#[tokio::test]
+async fn timeout_kills_the_process_group_and_the_next_call_works() {
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start(ClusterOpts::default()).await;
+    cluster
+        .create_function(
+            "sleepy",
+            "python3.12",
+            "app.sleepy",
+            &python_zip(),
+            json!({"Timeout": 2}),
+        )
+        .await;
+    let r = cluster
+        .invoke_raw("sleepy", b"{}".to_vec(), &[("X-Amz-Log-Type", "Tail")])
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("X-Amz-Function-Error").as_deref(),
+        Some("Unhandled")
+    );
+    let err = r.json();
+    assert!(
+        err["errorMessage"]
+            .as_str()
+            .unwrap()
+            .contains("Task timed out after 2.00 seconds"),
+        "{err}"
+    );
+    let log = String::from_utf8(
+        base64::engine::general_purpose::STANDARD
+            .decode(r.header("X-Amz-Log-Result").unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    let pid: i32 = log
+        .lines()
+        .find_map(|l| l.strip_prefix("child-pid "))
+        .unwrap_or_else(|| panic!("no child pid in {log}"))
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(log.contains("Task timed out after 2.00 seconds"), "{log}");
+    // The function's child (a `sleep 300`) is gone with it.
+    eventually(
+        Duration::from_secs(2),
+        "the function's child process to die",
+        || async {
+            let alive = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .map(|s| !s.contains(") Z "))
+                .unwrap_or(false);
+            (!alive).then_some(())
+        },
+    )
+    .await;
+    // The next invocation gets a fresh instance and times out the same way (it works).
+    cluster
+        .create_function(
+            "quick",
+            "python3.12",
+            "app.handler",
+            &python_zip(),
+            json!({}),
+        )
+        .await;
+    let r = cluster.invoke("quick", &json!({"name": "after"})).await;
+    assert_eq!(r.json()["greeting"], "hello after");
+    let r = cluster.invoke("sleepy", &json!({})).await;
+    assert!(r.text().contains("Task timed out"), "{}", r.text());
+    cluster.stop();
+}
+
+#[tokio::test]
+async fn report_line_measures_memory() {
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start(ClusterOpts::default()).await;
+    cluster
+        .create_function(
+            "mem",
+            "python3.12",
+            "app.hold_memory",
+            &python_zip(),
+            json!({"MemorySize": 512}),
+        )
+        .await;
+    let r = cluster
+        .invoke_raw(
+            "mem",
+            br#"{"mb": 100}"#.to_vec(),
+            &[("X-Amz-Log-Type", "Tail")],
+        )
+        .await;
+    assert_eq!(r.json()["held_mb"], 100);
+    let log = String::from_utf8(
+        base64::engine::general_purpose::STANDARD
+            .decode(r.header("X-Amz-Log-Result").unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    let report = log.lines().find(|l| l.starts_with("REPORT")).unwrap();
+    let field = |name: &str| -> f64 {
+        report
+            .split('\t')
+            .find_map(|f| f.trim().strip_prefix(name))
+            .unwrap_or_else(|| panic!("{name} missing in {report}"))
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert!(field("Max Memory Used:") >= 100.0, "{report}");
+    assert_eq!(field("Memory Size:"), 512.0);
+    assert!(field("Duration:") > 0.0);
+    assert!(field("Billed Duration:") >= field("Duration:"));
+    assert!(field("Init Duration:") > 0.0, "{report}");
+    cluster.stop();
+}
+
+#[tokio::test]
+async fn warm_invocations_read_no_storage() {
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start(ClusterOpts::default()).await;
+    cluster
+        .create_function(
+            "warm",
+            "python3.12",
+            "app.handler",
+            &python_zip(),
+            json!({}),
+        )
+        .await;
+    assert_eq!(cluster.invoke("warm", &json!({})).await.status, 200);
+    // Watch every JetStream API call while 100 warm invocations run.
+    let nc = cluster.nats_client().await;
+    let mut api = nc.subscribe("$JS.API.>").await.unwrap();
+    nc.flush().await.unwrap();
+    for i in 0..100 {
+        let r = cluster.invoke("warm", &json!({"name": i})).await;
+        assert_eq!(r.status, 200);
+    }
+    let mut reads = Vec::new();
+    while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_millis(300), api.next()).await {
+        let s = msg.subject.to_string();
+        // Storage reads: KV gets (direct or message get) and consumer creation.
+        if s.starts_with("$JS.API.DIRECT.GET")
+            || s.starts_with("$JS.API.STREAM.MSG.GET")
+            || s.starts_with("$JS.API.CONSUMER.CREATE")
+        {
+            reads.push(s);
+        }
+    }
+    assert!(
+        reads.is_empty(),
+        "storage reads on the warm path: {reads:?}"
+    );
+    cluster.stop();
+}
