@@ -243,6 +243,41 @@ pub async fn list(client: &Client) -> anyhow::Result<()> {
     Ok(())
 }
 
+pub async fn status(client: &Client) -> anyhow::Result<()> {
+    let doc: Value = client
+        .send(client.request(Method::GET, "/nimbus/v1/cluster"))
+        .await?
+        .json()
+        .await?;
+    let workers = doc["workers"].as_array().cloned().unwrap_or_default();
+    println!(
+        "gateway {} is up; {} live worker(s)",
+        client.endpoint,
+        workers.len()
+    );
+    if !workers.is_empty() {
+        println!(
+            "{:<24} {:>6} {:>6} {:>6}  STATE",
+            "WORKER", "SLOTS", "BUSY", "WARM"
+        );
+    }
+    for w in workers {
+        println!(
+            "{:<24} {:>6} {:>6} {:>6}  {}",
+            w["id"].as_str().unwrap_or(""),
+            w["slots"].to_string(),
+            w["busy"].to_string(),
+            w["warm"].to_string(),
+            if w["draining"] == true {
+                "draining"
+            } else {
+                "ready"
+            },
+        );
+    }
+    Ok(())
+}
+
 pub async fn remove(client: &Client, name: &str) -> anyhow::Result<()> {
     client
         .send(client.request(Method::DELETE, &format!("/2015-03-31/functions/{name}")))

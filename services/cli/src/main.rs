@@ -84,6 +84,8 @@ enum Cmd {
     },
     /// List functions.
     Ls,
+    /// Show the cluster's live workers.
+    Status,
     /// Delete a function.
     Rm { name: String },
     /// Show a function's recent invocation logs.
@@ -168,6 +170,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             return commands::invoke(&client, &name, payload, asynchronous, log).await;
         }
         Cmd::Ls => commands::list(&client).await?,
+        Cmd::Status => commands::status(&client).await?,
         Cmd::Rm { name } => commands::remove(&client, &name).await?,
         Cmd::Logs { name, limit } => commands::logs(&client, &name, limit).await?,
     }

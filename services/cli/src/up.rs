@@ -104,6 +104,10 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         return Err(e);
     }
     let endpoint = format!("http://{}", args.gateway_addr);
+    if let Err(e) = wait_for_workers(&endpoint, args.workers).await {
+        stop_all(&mut procs).await;
+        return Err(e);
+    }
     println!("Nimbus is up.");
     println!("  endpoint:  {endpoint}   (AWS SDKs: endpoint_url={endpoint}, any credentials)");
     println!("  nats:      nats://127.0.0.1:{}", args.nats_port);
@@ -137,6 +141,25 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         Some(msg) => bail!(msg),
         None => Ok(()),
     }
+}
+
+/// Waits until every worker has heartbeated (the gateway reports them), so the
+/// first invoke after "Nimbus is up" finds a worker.
+async fn wait_for_workers(endpoint: &str, n: u32) -> anyhow::Result<()> {
+    let client = reqwest::Client::new();
+    for _ in 0..300 {
+        if let Ok(r) = client
+            .get(format!("{endpoint}/nimbus/v1/cluster"))
+            .send()
+            .await
+            && let Ok(doc) = r.json::<serde_json::Value>().await
+            && doc["workers"].as_array().map_or(0, Vec::len) >= n as usize
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("the workers did not report in within 15 s; see their logs above")
 }
 
 async fn start_all(

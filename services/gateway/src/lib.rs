@@ -36,6 +36,10 @@ pub struct AppState {
     pub code: CodeStore,
     pub region: String,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+    /// Last heartbeat of each worker, for `GET /nimbus/v1/cluster`.
+    pub workers: std::sync::Mutex<
+        std::collections::HashMap<String, (std::time::Instant, nimbus_proto::Heartbeat)>,
+    >,
 }
 
 pub async fn run(
@@ -64,6 +68,25 @@ pub async fn run(
         code,
         region: cfg.region,
         metrics,
+        workers: Default::default(),
+    });
+    // Worker heartbeats, for the cluster status call (placement is the scheduler's).
+    let mut heartbeats = nats.subscribe(state.subjects.heartbeat()).await?;
+    let hb_state = state.clone();
+    let hb_stop = stop.clone();
+    tokio::spawn(async move {
+        use futures::StreamExt;
+        loop {
+            let msg = tokio::select! {
+                m = heartbeats.next() => m,
+                _ = hb_stop.cancelled() => break,
+            };
+            let Some(msg) = msg else { break };
+            if let Ok(hb) = nimbus_proto::decode::<nimbus_proto::Heartbeat>(&msg.payload) {
+                let mut w = hb_state.workers.lock().expect("lock poisoned");
+                w.insert(hb.worker_id.clone(), (std::time::Instant::now(), hb));
+            }
+        }
     });
     let app = http::router(state);
     let addr = listener.local_addr()?;

@@ -127,7 +127,10 @@ pub async fn run(
         let w = worker.clone();
         let stop = background.clone();
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            // Check often enough that an instance lives at most ~1.5× its keep-alive.
+            let every =
+                (w.cfg.keep_alive / 2).clamp(Duration::from_millis(100), Duration::from_secs(5));
+            let mut tick = tokio::time::interval(every);
             loop {
                 tokio::select! {
                     _ = tick.tick() => {

@@ -52,6 +52,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(native::download_code),
         )
         .route("/nimbus/v1/functions/{name}/logs", get(native::logs))
+        .route("/nimbus/v1/cluster", get(native::cluster))
         .route("/healthz", get(native::healthz))
         .route("/metrics", get(native::metrics))
         .fallback(fallback)

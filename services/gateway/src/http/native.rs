@@ -31,6 +31,28 @@ pub async fn healthz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     }
 }
 
+/// `GET /nimbus/v1/cluster`: workers heard from in the last 3 s.
+pub async fn cluster(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
+    let expiry = Duration::from_millis(nimbus_proto::worker::WORKER_EXPIRY_MS);
+    let mut w = state.workers.lock().expect("lock poisoned");
+    w.retain(|_, (seen, _)| seen.elapsed() < expiry);
+    let mut workers: Vec<_> = w
+        .values()
+        .map(|(seen, hb)| {
+            json!({
+                "id": hb.worker_id,
+                "slots": hb.slots,
+                "busy": hb.busy,
+                "draining": hb.draining,
+                "warm": hb.warm.iter().map(|x| x.idle).sum::<u32>(),
+                "last_seen_ms": seen.elapsed().as_millis() as u64,
+            })
+        })
+        .collect();
+    workers.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
+    Json(json!({ "workers": workers }))
+}
+
 pub async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

@@ -1,0 +1,198 @@
+//! `nimbus up`: the local cluster a user starts with one command. Functions and their
+//! code survive a restart on the same data dir; Ctrl-C/SIGTERM stops everything.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use nimbus_tests::*;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn nimbus(endpoint: &str, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(bin("nimbus"))
+        .env("NIMBUS_ENDPOINT", endpoint)
+        .args(args)
+        .output()
+        .expect("running nimbus");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+async fn start_up(data: &std::path::Path, gw: u16, nats: u16) -> Proc {
+    let mut cmd = Command::new(bin("nimbus"));
+    cmd.env("NIMBUS_NATS_SERVER", nats_server_bin())
+        .args(["up", "--data-dir"])
+        .arg(data)
+        .args([
+            "--gateway-addr",
+            &format!("127.0.0.1:{gw}"),
+            "--nats-port",
+            &nats.to_string(),
+            "--workers",
+            "2",
+        ])
+        .stdin(Stdio::null());
+    let up = Proc::spawn_for_test("nimbus-up", cmd, data.parent().unwrap());
+    let endpoint = format!("http://127.0.0.1:{gw}");
+    let client = reqwest::Client::new();
+    eventually(Duration::from_secs(30), "nimbus up to serve", || {
+        let client = client.clone();
+        let endpoint = endpoint.clone();
+        async move {
+            let r = client
+                .get(format!("{endpoint}/healthz"))
+                .send()
+                .await
+                .ok()?;
+            r.status().is_success().then_some(())
+        }
+    })
+    .await;
+    // The endpoint is printed for the user.
+    eventually(Duration::from_secs(10), "the endpoint line", || async {
+        up.log_text()
+            .contains(&format!("endpoint:  {endpoint}"))
+            .then_some(())
+    })
+    .await;
+    up
+}
+
+#[tokio::test]
+async fn up_runs_a_cluster_that_survives_restart() {
+    let _serial = SERIAL.lock().await;
+    let base = tempfile::tempdir().unwrap();
+    let data = base.path().join("data");
+    let (gw, nats) = (free_port(), free_port());
+    let endpoint = format!("http://127.0.0.1:{gw}");
+    let mut up = start_up(&data, gw, nats).await;
+
+    let code = tempfile::tempdir().unwrap();
+    std::fs::copy(fixture("python/app.py"), code.path().join("app.py")).unwrap();
+    // `nimbus up` reports ready only once its workers have: the cluster serves at once.
+    let (ok, out, _) = nimbus(&endpoint, &["status"]);
+    assert!(
+        ok && out.contains("2 live worker(s)")
+            && out.contains("local-1")
+            && out.contains("local-2"),
+        "{out}"
+    );
+    let (ok, out, err) = nimbus(
+        &endpoint,
+        &[
+            "deploy",
+            "kept",
+            "--runtime",
+            "python3.12",
+            "--handler",
+            "app.handler",
+            "--code",
+            code.path().to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "{out}{err}");
+    let out = eventually(Duration::from_secs(10), "the first invoke", || async {
+        let (ok, out, _) = nimbus(
+            &endpoint,
+            &["invoke", "kept", "--payload", r#"{"name":"up"}"#],
+        );
+        ok.then_some(out)
+    })
+    .await;
+    assert!(out.contains("hello up"), "{out}");
+
+    // The metrics endpoint counts what happened.
+    let metrics = reqwest::get(format!("{endpoint}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("nimbus_gateway_requests_total"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("nimbus_gateway_invocations_total"),
+        "{metrics}"
+    );
+
+    // SIGTERM stops every child and exits cleanly.
+    assert!(
+        up.terminate(Duration::from_secs(40)),
+        "nimbus up did not stop cleanly:\n{}",
+        up.log_text()
+    );
+    assert!(
+        up.log_text().contains("worker stopped"),
+        "{}",
+        up.log_text()
+    );
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", gw)).is_err(),
+        "gateway still listening"
+    );
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", nats)).is_err(),
+        "nats still listening"
+    );
+
+    // Same data dir: the function and its code are still there.
+    let mut up = start_up(&data, gw, nats).await;
+    let (ok, out, _) = nimbus(&endpoint, &["ls"]);
+    assert!(ok && out.contains("kept"), "{out}");
+    let out = eventually(
+        Duration::from_secs(10),
+        "the invoke after restart",
+        || async {
+            let (ok, out, _) = nimbus(
+                &endpoint,
+                &["invoke", "kept", "--payload", r#"{"name":"again"}"#],
+            );
+            ok.then_some(out)
+        },
+    )
+    .await;
+    assert!(out.contains("hello again"), "{out}");
+    assert!(up.terminate(Duration::from_secs(40)), "{}", up.log_text());
+}
+
+#[tokio::test]
+async fn idle_instances_are_reaped_after_keep_alive() {
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start(ClusterOpts {
+        env: vec![("NIMBUS_KEEP_ALIVE_SECS".into(), "1".into())],
+        ..Default::default()
+    })
+    .await;
+    cluster
+        .create_function(
+            "brief",
+            "python3.12",
+            "app.handler",
+            &python_zip(),
+            serde_json::json!({}),
+        )
+        .await;
+    assert_eq!(
+        cluster.invoke("brief", &serde_json::json!({})).await.json()["count"],
+        1
+    );
+    assert_eq!(
+        cluster.invoke("brief", &serde_json::json!({})).await.json()["count"],
+        2
+    );
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let r = cluster.invoke("brief", &serde_json::json!({})).await;
+    assert_eq!(r.json()["count"], 1, "a reaped instance starts cold");
+    cluster.stop();
+}
