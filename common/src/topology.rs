@@ -50,6 +50,18 @@ pub async fn ensure(
         .await
         .context("creating the async invocation stream")?;
     js.get_or_create_stream(stream::Config {
+        name: names.dlq_stream(),
+        description: Some("Nimbus dead letters: records of failed async invocations".into()),
+        subjects: vec![subjects.dlq_all()],
+        retention: stream::RetentionPolicy::Limits,
+        storage: stream::StorageType::File,
+        max_age: Duration::from_secs(14 * 24 * 3600),
+        max_messages_per_subject: 100_000,
+        ..Default::default()
+    })
+    .await
+    .context("creating the dead-letter stream")?;
+    js.get_or_create_stream(stream::Config {
         name: names.logs_stream(),
         description: Some("Nimbus function logs (bounded)".into()),
         subjects: vec![subjects.logs_all()],

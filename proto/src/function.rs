@@ -34,8 +34,100 @@ pub struct FunctionConfig {
     pub revision_id: String,
     #[serde(default = "default_ephemeral")]
     pub ephemeral_storage_mb: u32,
+    /// Asynchronous invocation policy (`PutFunctionEventInvokeConfig`); `None` means
+    /// Lambda's defaults and no destinations.
+    #[serde(default)]
+    pub event_invoke: Option<EventInvokeConfig>,
 }
 versioned!(FunctionConfig);
+
+/// Lambda's default: two retries after a function error.
+pub const DEFAULT_MAX_RETRIES: u32 = 2;
+/// Lambda's default and maximum event age: six hours.
+pub const DEFAULT_MAX_EVENT_AGE_SECS: u32 = 21_600;
+
+/// How asynchronous invocations of a function are retried and where their records go.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventInvokeConfig {
+    /// Retries after a function error: 0–2.
+    pub maximum_retry_attempts: u32,
+    /// Events older than this are not run: 60–21600 s.
+    pub maximum_event_age_secs: u32,
+    /// `nats:SUBJECT` or a function ARN.
+    #[serde(default)]
+    pub on_success: Option<String>,
+    #[serde(default)]
+    pub on_failure: Option<String>,
+    /// Unix milliseconds of the last change (Lambda reports a timestamp).
+    pub last_modified_ms: u64,
+}
+
+impl FunctionConfig {
+    pub fn max_retries(&self) -> u32 {
+        self.event_invoke
+            .as_ref()
+            .map_or(DEFAULT_MAX_RETRIES, |e| e.maximum_retry_attempts)
+    }
+
+    pub fn max_event_age_secs(&self) -> u32 {
+        self.event_invoke
+            .as_ref()
+            .map_or(DEFAULT_MAX_EVENT_AGE_SECS, |e| e.maximum_event_age_secs)
+    }
+}
+
+/// Where an invocation record goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Destination {
+    /// Published (JSON) on a NATS subject.
+    Nats(String),
+    /// Invoked asynchronously with the record as its event.
+    Function(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "destination {0:?} is not supported: use nats:SUBJECT or a Lambda function ARN (arn:aws:lambda:REGION:ACCOUNT:function:NAME)"
+)]
+pub struct DestinationError(pub String);
+
+impl Destination {
+    pub fn parse(s: &str) -> Result<Self, DestinationError> {
+        let bad = || DestinationError(s.to_string());
+        if let Some(subject) = s.strip_prefix("nats:") {
+            let ok = !subject.is_empty()
+                && subject.split('.').all(|t| {
+                    !t.is_empty()
+                        && t.bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+                });
+            return if ok {
+                Ok(Self::Nats(subject.to_string()))
+            } else {
+                Err(bad())
+            };
+        }
+        let parts: Vec<&str> = s.split(':').collect();
+        match parts.as_slice() {
+            [
+                "arn",
+                partition,
+                "lambda",
+                _region,
+                _account,
+                "function",
+                name,
+                rest @ ..,
+            ] if partition.starts_with("aws")
+                && rest.len() <= 1
+                && validate_function_name(name).is_ok() =>
+            {
+                Ok(Self::Function(name.to_string()))
+            }
+            _ => Err(bad()),
+        }
+    }
+}
 
 fn default_ephemeral() -> u32 {
     512
@@ -102,6 +194,22 @@ mod tests {
             validate_function_name(&"x".repeat(65)),
             Err(NameError::TooLong)
         );
+    }
+
+    #[test]
+    fn destinations() {
+        assert_eq!(
+            Destination::parse("nats:orders.failed").unwrap(),
+            Destination::Nats("orders.failed".into())
+        );
+        assert_eq!(
+            Destination::parse("arn:aws:lambda:us-east-1:123456789012:function:on-fail").unwrap(),
+            Destination::Function("on-fail".into())
+        );
+        assert!(Destination::parse("nats:a.*").is_err());
+        assert!(Destination::parse("nats:").is_err());
+        assert!(Destination::parse("arn:aws:sqs:us-east-1:123456789012:queue").is_err());
+        assert!(Destination::parse("https://example.com").is_err());
     }
 
     #[test]

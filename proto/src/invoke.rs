@@ -50,6 +50,13 @@ pub struct AsyncInvocation {
     pub payload: Bytes,
     /// When the gateway accepted it (Unix ms); the basis of the maximum event age.
     pub enqueued_at_ms: u64,
+    /// Attempts already made that ended in a function error. Counted here, not by
+    /// JetStream redeliveries, so a crashed worker does not use up the retry budget.
+    #[serde(default)]
+    pub attempt: u32,
+    /// Not to be run before this instant (Unix ms): the backoff of a retry.
+    #[serde(default)]
+    pub not_before_ms: u64,
 }
 versioned!(AsyncInvocation);
 

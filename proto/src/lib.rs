@@ -25,7 +25,10 @@ pub mod worker;
 
 pub use codec::{DecodeError, decode, encode};
 pub use error::{ErrorCode, WireError};
-pub use function::{CodeRef, FunctionConfig, is_supported_runtime, validate_function_name};
+pub use function::{
+    CodeRef, Destination, EventInvokeConfig, FunctionConfig, is_supported_runtime,
+    validate_function_name,
+};
 pub use invoke::{
     AckResult, AsyncInvocation, Dispatch, DispatchAck, InvocationType, InvokeOutcome, InvokeReply,
     InvokeRequest,

@@ -31,6 +31,11 @@ impl Names {
         format!("{}_SCHEDULERS", self.upper)
     }
 
+    /// Stream of dead letters (invocation records of failed async invocations).
+    pub fn dlq_stream(&self) -> String {
+        format!("{}_DLQ", self.upper)
+    }
+
     /// Bounded stream of log records.
     pub fn logs_stream(&self) -> String {
         format!("{}_LOGS", self.upper)

@@ -7,6 +7,7 @@
 //! | `<p>.worker.heartbeat` | publish |
 //! | `<p>.async.<function>` | JetStream stream `<P>_ASYNC` |
 //! | `<p>.logs.<function>` | publish, captured by stream `<P>_LOGS` |
+//! | `<p>.dlq.<function>` | JetStream stream `<P>_DLQ` |
 //!
 //! Tokens that come from users (function names) are validated before they are put
 //! into a subject: [`crate::validate_function_name`] only admits `[A-Za-z0-9_-]`.
@@ -79,6 +80,16 @@ impl Subjects {
         format!("{}.async.>", self.prefix)
     }
 
+    /// Dead letters of one function.
+    pub fn dlq(&self, function: &str) -> Result<String, SubjectError> {
+        self.function_subject("dlq", function)
+    }
+
+    /// Every dead letter (the DLQ stream's subject filter).
+    pub fn dlq_all(&self) -> String {
+        format!("{}.dlq.>", self.prefix)
+    }
+
     /// Log records of one function.
     pub fn logs(&self, function: &str) -> Result<String, SubjectError> {
         self.function_subject("logs", function)
@@ -107,7 +118,7 @@ impl Subjects {
     pub fn parse_function_subject<'a>(&self, subject: &'a str) -> Option<(&'a str, &'a str)> {
         let rest = subject.strip_prefix(&self.prefix)?.strip_prefix('.')?;
         match rest.split('.').collect::<Vec<_>>().as_slice() {
-            [kind @ ("async" | "logs"), function] if valid_token(function) => {
+            [kind @ ("async" | "logs" | "dlq"), function] if valid_token(function) => {
                 Some((kind, function))
             }
             _ => None,

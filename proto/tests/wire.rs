@@ -23,6 +23,7 @@ fn config() -> FunctionConfig {
         last_modified: "2026-11-30T11:28:22.000+0000".into(),
         revision_id: "x".into(),
         ephemeral_storage_mb: 512,
+        event_invoke: None,
     }
 }
 

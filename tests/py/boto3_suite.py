@@ -139,6 +139,20 @@ check(error_code(lam.update_function_configuration, FunctionName="sdk-hello", Ti
 check(lam.get_function_configuration(FunctionName="sdk-hello")["Timeout"] == 10, "a refused update changes nothing")
 check(error_code(lam.update_function_configuration, FunctionName="sdk-hello", MemorySize=256, RevisionId="stale")[0] == "PreconditionFailedException", "a stale RevisionId is refused")
 
+# asynchronous invocation policy through boto3
+check(error_code(lam.get_function_event_invoke_config, FunctionName="sdk-hello")[0] == "ResourceNotFoundException", "no event invoke config yet")
+ec = lam.put_function_event_invoke_config(FunctionName="sdk-hello", MaximumRetryAttempts=1, MaximumEventAgeInSeconds=120,
+    DestinationConfig={"OnFailure": {"Destination": "nats:sdk.failures"}})
+check(ec["MaximumRetryAttempts"] == 1 and ec["DestinationConfig"]["OnFailure"]["Destination"] == "nats:sdk.failures", "put_function_event_invoke_config")
+got = lam.get_function_event_invoke_config(FunctionName="sdk-hello")
+check(got["MaximumEventAgeInSeconds"] == 120 and hasattr(got["LastModified"], "year"), "get_function_event_invoke_config (LastModified parses as a timestamp)")
+ec = lam.update_function_event_invoke_config(FunctionName="sdk-hello", MaximumRetryAttempts=0)
+check(ec["MaximumRetryAttempts"] == 0 and ec["MaximumEventAgeInSeconds"] == 120, "update merges")
+code, status, msg = error_code(lam.put_function_event_invoke_config, FunctionName="sdk-hello", DestinationConfig={"OnSuccess": {"Destination": "arn:aws:sqs:us-east-1:000000000000:q"}})
+check(status == 400 and "arn:aws:sqs" in msg, "an unsupported destination is a 400 naming it")
+lam.delete_function_event_invoke_config(FunctionName="sdk-hello")
+check(error_code(lam.get_function_event_invoke_config, FunctionName="sdk-hello")[0] == "ResourceNotFoundException", "delete_function_event_invoke_config")
+
 # Event invocation: 202
 r = lam.invoke(FunctionName="sdk-hello", InvocationType="Event", Payload=b'{"name":"async"}')
 check(r["StatusCode"] == 202, "Event invocation is accepted with 202")

@@ -31,6 +31,15 @@ async fn event_invocation_runs_and_survives_a_worker_sigkill() {
             json!({"Timeout": 60, "Environment": {"Variables": {"MARK_FILE": mark.to_str().unwrap()}}}),
         )
         .await;
+    // No retries: a worker dying is not a function error, so it still runs again.
+    let resp = cluster
+        .http
+        .put(cluster.url("/2019-09-25/functions/marker/event-invoke-config"))
+        .json(&json!({"MaximumRetryAttempts": 0}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
     // A quick Event invocation runs once.
     let r = cluster
         .invoke_raw(

@@ -316,3 +316,123 @@ pub fn read_payload(payload: Option<String>, file: Option<PathBuf>) -> anyhow::R
         (None, None) => Ok(b"{}".to_vec()),
     }
 }
+
+pub async fn dlq_list(client: &Client, name: &str) -> anyhow::Result<()> {
+    let doc: Value = client
+        .send(client.request(Method::GET, &format!("/nimbus/v1/functions/{name}/dlq")))
+        .await?
+        .json()
+        .await?;
+    let records = doc["records"].as_array().cloned().unwrap_or_default();
+    if records.is_empty() {
+        println!("no dead letters for {name}");
+        return Ok(());
+    }
+    println!(
+        "{:>6}  {:<36}  {:<17} {:>5}  ERROR",
+        "SEQ", "REQUEST ID", "CONDITION", "TRIES"
+    );
+    for r in records {
+        println!(
+            "{:>6}  {:<36}  {:<17} {:>5}  {}: {}",
+            r["seq"].to_string(),
+            r["requestId"].as_str().unwrap_or(""),
+            r["condition"].as_str().unwrap_or(""),
+            r["approximateInvokeCount"].to_string(),
+            r["errorType"].as_str().unwrap_or("-"),
+            r["errorMessage"].as_str().unwrap_or(""),
+        );
+    }
+    Ok(())
+}
+
+pub async fn dlq_show(client: &Client, name: &str, seq: u64) -> anyhow::Result<()> {
+    let doc: Value = client
+        .send(client.request(
+            Method::GET,
+            &format!("/nimbus/v1/functions/{name}/dlq/{seq}"),
+        ))
+        .await?
+        .json()
+        .await?;
+    println!("{}", serde_json::to_string_pretty(&doc)?);
+    Ok(())
+}
+
+pub async fn dlq_redrive(client: &Client, name: &str) -> anyhow::Result<()> {
+    let doc: Value = client
+        .send(client.request(
+            Method::POST,
+            &format!("/nimbus/v1/functions/{name}/dlq/redrive"),
+        ))
+        .await?
+        .json()
+        .await?;
+    println!("redriven {} dead letter(s) of {name}", doc["redriven"]);
+    Ok(())
+}
+
+pub async fn dlq_purge(client: &Client, name: &str) -> anyhow::Result<()> {
+    let doc: Value = client
+        .send(client.request(Method::DELETE, &format!("/nimbus/v1/functions/{name}/dlq")))
+        .await?
+        .json()
+        .await?;
+    println!("purged {} dead letter(s) of {name}", doc["purged"]);
+    Ok(())
+}
+
+pub async fn event_config(
+    client: &Client,
+    name: &str,
+    retries: Option<u32>,
+    max_age: Option<u32>,
+    on_success: Option<String>,
+    on_failure: Option<String>,
+) -> anyhow::Result<()> {
+    let path = format!("/2019-09-25/functions/{name}/event-invoke-config");
+    let doc: Value =
+        if retries.is_none() && max_age.is_none() && on_success.is_none() && on_failure.is_none() {
+            client
+                .send(client.request(Method::GET, &path))
+                .await?
+                .json()
+                .await?
+        } else {
+            let mut body = json!({});
+            if let Some(r) = retries {
+                body["MaximumRetryAttempts"] = json!(r);
+            }
+            if let Some(a) = max_age {
+                body["MaximumEventAgeInSeconds"] = json!(a);
+            }
+            let mut dest = json!({});
+            if let Some(d) = on_success {
+                dest["OnSuccess"] = json!({ "Destination": d });
+            }
+            if let Some(d) = on_failure {
+                dest["OnFailure"] = json!({ "Destination": d });
+            }
+            body["DestinationConfig"] = dest;
+            // Update merges with what is set; create it first when there is none.
+            let resp = client
+                .request(Method::POST, &path)
+                .json(&body)
+                .send()
+                .await
+                .map_err(|e| client.transport(e))?;
+            if resp.status().is_success() {
+                resp.json().await?
+            } else if is_not_found(resp.status()) {
+                client
+                    .send(client.request(Method::PUT, &path).json(&body))
+                    .await?
+                    .json()
+                    .await?
+            } else {
+                return Err(api_error(resp).await);
+            }
+        };
+    println!("{}", serde_json::to_string_pretty(&doc)?);
+    Ok(())
+}

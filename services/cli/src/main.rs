@@ -88,12 +88,46 @@ enum Cmd {
     Status,
     /// Delete a function.
     Rm { name: String },
+    /// Dead letters: failed asynchronous invocations.
+    Dlq {
+        #[command(subcommand)]
+        action: DlqCmd,
+    },
+    /// Show or set how asynchronous invocations are retried and where their
+    /// records go (Lambda's event invoke config).
+    EventConfig {
+        name: String,
+        /// Retries after a function error (0-2).
+        #[arg(long)]
+        retries: Option<u32>,
+        /// Maximum event age in seconds (60-21600).
+        #[arg(long)]
+        max_age: Option<u32>,
+        /// nats:SUBJECT or a function ARN.
+        #[arg(long)]
+        on_success: Option<String>,
+        /// nats:SUBJECT or a function ARN (default: the dead-letter stream).
+        #[arg(long)]
+        on_failure: Option<String>,
+    },
     /// Show a function's recent invocation logs.
     Logs {
         name: String,
         #[arg(long, default_value_t = 20)]
         limit: u32,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum DlqCmd {
+    /// List a function's dead letters.
+    Ls { name: String },
+    /// Print one dead letter's full record.
+    Show { name: String, seq: u64 },
+    /// Re-enqueue every dead letter with its original payload, then remove it.
+    Redrive { name: String },
+    /// Delete a function's dead letters.
+    Purge { name: String },
 }
 
 fn parse_kv(s: &str) -> Result<(String, String), String> {
@@ -172,6 +206,21 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         Cmd::Ls => commands::list(&client).await?,
         Cmd::Status => commands::status(&client).await?,
         Cmd::Rm { name } => commands::remove(&client, &name).await?,
+        Cmd::Dlq { action } => match action {
+            DlqCmd::Ls { name } => commands::dlq_list(&client, &name).await?,
+            DlqCmd::Show { name, seq } => commands::dlq_show(&client, &name, seq).await?,
+            DlqCmd::Redrive { name } => commands::dlq_redrive(&client, &name).await?,
+            DlqCmd::Purge { name } => commands::dlq_purge(&client, &name).await?,
+        },
+        Cmd::EventConfig {
+            name,
+            retries,
+            max_age,
+            on_success,
+            on_failure,
+        } => {
+            commands::event_config(&client, &name, retries, max_age, on_success, on_failure).await?
+        }
         Cmd::Logs { name, limit } => commands::logs(&client, &name, limit).await?,
     }
     Ok(true)

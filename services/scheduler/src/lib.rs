@@ -11,6 +11,7 @@
 //! consumer, so each invocation is routed by exactly one of them.
 
 pub mod async_queue;
+pub mod destinations;
 pub mod placement;
 pub mod registry;
 pub mod sync_invoke;
@@ -32,6 +33,10 @@ use crate::workers::WorkerTable;
 pub struct SchedulerConfig {
     /// How long a stopping scheduler waits for invocations it is placing or holding.
     pub drain_timeout: Duration,
+    /// Delay before the first retry of a failed async invocation (doubled after).
+    pub retry_delay: Duration,
+    /// Region used in ARNs of invocation records.
+    pub region: String,
 }
 
 pub async fn run(
@@ -76,9 +81,19 @@ pub async fn run(
         consumers.clone(),
         tracker.clone(),
     ));
+    let queue = Arc::new(async_queue::AsyncQueue {
+        placement: placement.clone(),
+        registry: registry.clone(),
+        deliverer: destinations::Deliverer {
+            nats: nats.clone(),
+            js: topology.js.clone(),
+            subjects: subjects.clone(),
+        },
+        region: cfg.region.clone(),
+        retry_delay: cfg.retry_delay,
+    });
     let asynchronous = tokio::spawn(async_queue::run(
-        placement.clone(),
-        registry.clone(),
+        queue,
         topology.async_stream.clone(),
         names.clone(),
         consumers.clone(),

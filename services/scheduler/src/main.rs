@@ -11,6 +11,13 @@ struct Args {
     /// Seconds a stopping scheduler waits for in-flight invocations.
     #[arg(long, env = "NIMBUS_DRAIN_TIMEOUT_SECS", default_value_t = 60)]
     drain_timeout_secs: u64,
+    /// Milliseconds before the first retry of a failed async invocation (Lambda:
+    /// one minute), doubled for each further retry.
+    #[arg(long, env = "NIMBUS_RETRY_DELAY_MS", default_value_t = 60_000)]
+    retry_delay_ms: u64,
+    /// Region reported in ARNs.
+    #[arg(long, env = "NIMBUS_REGION", default_value = "us-east-1")]
+    region: String,
 }
 
 #[tokio::main]
@@ -33,6 +40,8 @@ async fn main_exec() -> anyhow::Result<()> {
     let nats = nimbus_common::connect(&args.nats, "nimbus-scheduler").await?;
     let cfg = nimbus_scheduler::SchedulerConfig {
         drain_timeout: Duration::from_secs(args.drain_timeout_secs),
+        retry_delay: Duration::from_millis(args.retry_delay_ms),
+        region: args.region,
     };
     nimbus_scheduler::run(cfg, nats, subjects, names, shutdown).await
 }

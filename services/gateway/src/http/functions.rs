@@ -173,6 +173,7 @@ pub async fn create(State(state): State<Arc<AppState>>, body: Body) -> Result<Re
         last_modified: shapes::last_modified_now(),
         revision_id: uuid::Uuid::new_v4().to_string(),
         ephemeral_storage_mb: req.ephemeral_storage.map(|e| e.size).unwrap_or(512),
+        event_invoke: None,
     };
     let revision = state
         .functions
@@ -196,7 +197,7 @@ pub async fn create(State(state): State<Arc<AppState>>, body: Body) -> Result<Re
 
 /// Applies `change` to the current configuration with compare-and-set, retrying
 /// when another writer got there first.
-async fn update<F>(
+pub(crate) async fn update<F>(
     state: &AppState,
     name: &str,
     expect_revision_id: Option<&str>,

@@ -65,8 +65,17 @@ pub async fn invoke(
             "Could not parse request body into json: the payload is not valid JSON".into(),
         ));
     }
-    let Some((revision, cfg)) = state.functions.get(&name) else {
-        return Err(ApiError::not_found(&name));
+    let (revision, cfg) = match state.functions.get(&name) {
+        Some(found) => found,
+        None => {
+            // Not in the mirror: created through another gateway a moment ago, or
+            // absent. One read of the bucket decides.
+            super::functions::current(&state, &name).await?;
+            state
+                .functions
+                .get(&name)
+                .ok_or_else(|| ApiError::not_found(&name))?
+        }
     };
     let request_id = uuid::Uuid::new_v4().to_string();
     let log_tail = headers
@@ -86,6 +95,8 @@ pub async fn invoke(
                 min_revision: revision,
                 payload,
                 enqueued_at_ms: unix_ms(),
+                attempt: 0,
+                not_before_ms: 0,
             };
             let subject = state
                 .subjects

@@ -5,6 +5,8 @@
 //! payload, 50 MB inline zip) so an oversized request gets Lambda's error, not the
 //! framework's.
 
+pub mod dlq;
+pub mod event_invoke;
 pub mod functions;
 pub mod invocations;
 pub mod native;
@@ -52,6 +54,26 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(native::download_code),
         )
         .route("/nimbus/v1/functions/{name}/logs", get(native::logs))
+        .route(
+            "/2019-09-25/functions/{name}/event-invoke-config",
+            get(event_invoke::get)
+                .put(event_invoke::put)
+                .post(event_invoke::update)
+                .delete(event_invoke::delete),
+        )
+        .route(
+            "/2019-09-25/functions/{name}/event-invoke-config/list",
+            get(event_invoke::list),
+        )
+        .route(
+            "/nimbus/v1/functions/{name}/dlq",
+            get(dlq::list).delete(dlq::purge),
+        )
+        .route(
+            "/nimbus/v1/functions/{name}/dlq/redrive",
+            post(dlq::redrive),
+        )
+        .route("/nimbus/v1/functions/{name}/dlq/{seq}", get(dlq::show))
         .route("/nimbus/v1/cluster", get(native::cluster))
         .route("/healthz", get(native::healthz))
         .route("/metrics", get(native::metrics))

@@ -101,45 +101,62 @@ pub async fn logs(
         .subjects
         .logs(&name)
         .map_err(|e| ApiError::InvalidParameter(e.to_string()))?;
+    let raw = read_subject(&state, &state.names.logs_stream(), &subject, limit).await?;
+    let records: Vec<serde_json::Value> = raw
+        .into_iter()
+        .filter_map(|(_, body)| nimbus_proto::decode::<LogRecord>(&body).ok())
+        .map(|rec| {
+            json!({
+                "timestamp": rec.timestamp_ms,
+                "requestId": rec.request_id,
+                "message": rec.text,
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "function": name, "events": records })))
+}
+
+/// The last `limit` messages on `subject` in `stream`, with their sequence numbers,
+/// read through an ordered consumer up to the subject's last message.
+pub async fn read_subject(
+    state: &AppState,
+    stream: &str,
+    subject: &str,
+    limit: usize,
+) -> Result<Vec<(u64, bytes::Bytes)>, ApiError> {
     let stream = state
         .js
-        .get_stream(state.names.logs_stream())
+        .get_stream(stream)
         .await
-        .map_err(|e| ApiError::Service(format!("opening the logs stream: {e}")))?;
-    let last = match stream.get_last_raw_message_by_subject(&subject).await {
+        .map_err(|e| ApiError::Service(format!("opening stream {stream}: {e}")))?;
+    let last = match stream.get_last_raw_message_by_subject(subject).await {
         Ok(m) => m.sequence,
-        Err(_) => return Ok(Json(json!({ "function": name, "events": [] }))),
+        Err(_) => return Ok(vec![]),
     };
     let consumer = stream
         .create_consumer(consumer::pull::OrderedConfig {
-            filter_subject: subject.clone(),
+            filter_subject: subject.to_string(),
             deliver_policy: consumer::DeliverPolicy::All,
             ..Default::default()
         })
         .await
-        .map_err(|e| ApiError::Service(format!("reading logs: {e}")))?;
+        .map_err(|e| ApiError::Service(format!("reading {subject}: {e}")))?;
     let mut messages = consumer
         .messages()
         .await
-        .map_err(|e| ApiError::Service(format!("reading logs: {e}")))?;
-    let mut records: std::collections::VecDeque<serde_json::Value> = Default::default();
+        .map_err(|e| ApiError::Service(format!("reading {subject}: {e}")))?;
+    let mut out: std::collections::VecDeque<(u64, bytes::Bytes)> = Default::default();
     while let Ok(Some(Ok(msg))) =
         tokio::time::timeout(Duration::from_secs(2), messages.next()).await
     {
         let seq = msg.info().map(|i| i.stream_sequence).unwrap_or(last);
-        if let Ok(rec) = nimbus_proto::decode::<LogRecord>(&msg.payload) {
-            records.push_back(json!({
-                "timestamp": rec.timestamp_ms,
-                "requestId": rec.request_id,
-                "message": rec.text,
-            }));
-            if records.len() > limit {
-                records.pop_front();
-            }
+        out.push_back((seq, msg.payload.clone()));
+        if out.len() > limit {
+            out.pop_front();
         }
         if seq >= last {
             break;
         }
     }
-    Ok(Json(json!({ "function": name, "events": records })))
+    Ok(out.into())
 }

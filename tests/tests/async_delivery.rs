@@ -1,0 +1,260 @@
+//! Lambda's asynchronous delivery contract: retries counted exactly, dead letters with
+//! the invocation record, redrive, and destinations (a NATS subject, another function).
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use nimbus_tests::*;
+use serde_json::{Value, json};
+
+async fn put_config(cluster: &Cluster, name: &str, body: Value) -> (u16, Value) {
+    let resp = cluster
+        .http
+        .put(cluster.url(&format!("/2019-09-25/functions/{name}/event-invoke-config")))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+async fn get_json(cluster: &Cluster, path: &str) -> Value {
+    cluster
+        .http
+        .get(cluster.url(path))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+async fn event(cluster: &Cluster, name: &str, payload: Value) {
+    let r = cluster
+        .invoke_raw(
+            name,
+            serde_json::to_vec(&payload).unwrap(),
+            &[("X-Amz-Invocation-Type", "Event")],
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text());
+}
+
+/// How many invocations of `name` printed `needle` (from its log records).
+async fn runs(cluster: &Cluster, name: &str, needle: &str) -> usize {
+    let doc = get_json(
+        cluster,
+        &format!("/nimbus/v1/functions/{name}/logs?limit=1000"),
+    )
+    .await;
+    doc["events"]
+        .as_array()
+        .map(|e| {
+            e.iter()
+                .filter(|ev| ev["message"].as_str().unwrap_or("").contains(needle))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+fn nimbus(endpoint: &str, args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(bin("nimbus"))
+        .env("NIMBUS_ENDPOINT", endpoint)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[tokio::test]
+async fn retries_dead_letters_redrive_and_destinations() {
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start(ClusterOpts {
+        env: vec![("NIMBUS_RETRY_DELAY_MS".into(), "200".into())],
+        ..Default::default()
+    })
+    .await;
+    let mark = cluster.data.path().join("records.jsonl");
+    let env = json!({"Environment": {"Variables": {"MARK_FILE": mark.to_str().unwrap()}}});
+    cluster
+        .create_function(
+            "failing",
+            "python3.12",
+            "app.fail",
+            &python_zip(),
+            json!({}),
+        )
+        .await;
+    cluster
+        .create_function(
+            "recorder",
+            "python3.12",
+            "app.record_event",
+            &python_zip(),
+            env,
+        )
+        .await;
+    cluster
+        .create_function(
+            "fine",
+            "python3.12",
+            "app.handler",
+            &python_zip(),
+            json!({}),
+        )
+        .await;
+
+    // Unconfigured: Lambda's 404.
+    let r = cluster
+        .http
+        .get(cluster.url("/2019-09-25/functions/failing/event-invoke-config"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    // Bad values and destinations are refused with 400 naming them.
+    let (s, body) = put_config(&cluster, "failing", json!({"MaximumRetryAttempts": 3})).await;
+    assert_eq!(s, 400, "{body}");
+    let (s, body) = put_config(
+        &cluster,
+        "failing",
+        json!({"DestinationConfig": {"OnFailure": {"Destination": "https://example.com/hook"}}}),
+    )
+    .await;
+    assert_eq!(s, 400);
+    assert!(
+        body.to_string().contains("https://example.com/hook"),
+        "{body}"
+    );
+
+    // One retry: the function runs exactly twice, then the record is a dead letter.
+    let (s, body) = put_config(
+        &cluster,
+        "failing",
+        json!({"MaximumRetryAttempts": 1, "MaximumEventAgeInSeconds": 3600}),
+    )
+    .await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["MaximumRetryAttempts"], 1);
+    event(&cluster, "failing", json!({"why": "dlq-test"})).await;
+    let letters = eventually(Duration::from_secs(30), "a dead letter", || async {
+        let doc = get_json(&cluster, "/nimbus/v1/functions/failing/dlq").await;
+        let recs = doc["records"].as_array().cloned().unwrap_or_default();
+        (!recs.is_empty()).then_some(recs)
+    })
+    .await;
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    let seq = letters[0]["seq"].as_u64().unwrap();
+    let rec = get_json(&cluster, &format!("/nimbus/v1/functions/failing/dlq/{seq}")).await;
+    assert_eq!(rec["version"], "1.0");
+    assert_eq!(rec["requestContext"]["condition"], "RetriesExhausted");
+    assert_eq!(rec["requestContext"]["approximateInvokeCount"], 2);
+    assert!(
+        rec["requestContext"]["functionArn"]
+            .as_str()
+            .unwrap()
+            .ends_with(":function:failing:$LATEST")
+    );
+    assert_eq!(rec["requestPayload"], json!({"why": "dlq-test"}));
+    assert_eq!(rec["responseContext"]["functionError"], "Unhandled");
+    assert_eq!(rec["responsePayload"]["errorType"], "ValueError");
+    assert_eq!(rec["responsePayload"]["errorMessage"], "boom: dlq-test");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        runs(&cluster, "failing", "about to fail").await,
+        2,
+        "exactly 1 + 1 retry"
+    );
+
+    // The CLI shows and redrives it; the redriven event fails twice more and lands again.
+    let (ok, out) = nimbus(&cluster.endpoint, &["dlq", "ls", "failing"]);
+    assert!(
+        ok && out.contains("RetriesExhausted") && out.contains("boom: dlq-test"),
+        "{out}"
+    );
+    let (ok, out) = nimbus(
+        &cluster.endpoint,
+        &["dlq", "show", "failing", &seq.to_string()],
+    );
+    assert!(ok && out.contains("\"approximateInvokeCount\": 2"), "{out}");
+    let (ok, out) = nimbus(&cluster.endpoint, &["dlq", "redrive", "failing"]);
+    assert!(ok && out.contains("redriven 1"), "{out}");
+    let again = eventually(
+        Duration::from_secs(30),
+        "the redriven dead letter",
+        || async {
+            let doc = get_json(&cluster, "/nimbus/v1/functions/failing/dlq").await;
+            let recs = doc["records"].as_array().cloned().unwrap_or_default();
+            recs.into_iter().find(|r| r["seq"].as_u64() != Some(seq))
+        },
+    )
+    .await;
+    assert_ne!(again["requestId"], rec["requestContext"]["requestId"]);
+    let doc = get_json(&cluster, "/nimbus/v1/functions/failing/dlq").await;
+    assert_eq!(
+        doc["records"].as_array().unwrap().len(),
+        1,
+        "the redriven letter was removed: {doc}"
+    );
+    eventually(Duration::from_secs(5), "4 runs in all", || async {
+        (runs(&cluster, "failing", "about to fail").await == 4).then_some(())
+    })
+    .await;
+    let (ok, out) = nimbus(&cluster.endpoint, &["dlq", "purge", "failing"]);
+    assert!(ok && out.contains("purged 1"), "{out}");
+
+    // On failure → another function (by ARN), with no retries.
+    let arn = "arn:aws:lambda:us-east-1:000000000000:function:recorder";
+    let (s, body) = put_config(&cluster, "failing", json!({"MaximumRetryAttempts": 0, "DestinationConfig": {"OnFailure": {"Destination": arn}}})).await;
+    assert_eq!(s, 200, "{body}");
+    event(&cluster, "failing", json!({"why": "to-recorder"})).await;
+    let got: Value = eventually(
+        Duration::from_secs(30),
+        "the record at the recorder",
+        || async {
+            let text = std::fs::read_to_string(&mark).ok()?;
+            text.lines()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .find(|v| v["requestPayload"]["why"] == "to-recorder")
+        },
+    )
+    .await;
+    assert_eq!(got["requestContext"]["condition"], "RetriesExhausted");
+    assert_eq!(got["requestContext"]["approximateInvokeCount"], 1);
+    let doc = get_json(&cluster, "/nimbus/v1/functions/failing/dlq").await;
+    assert!(
+        doc["records"].as_array().unwrap().is_empty(),
+        "with a destination nothing goes to the DLQ: {doc}"
+    );
+
+    // On success → a NATS subject.
+    let nc = cluster.nats_client().await;
+    let mut sub = nc.subscribe("results.fine").await.unwrap();
+    nc.flush().await.unwrap();
+    let (s, body) = put_config(
+        &cluster,
+        "fine",
+        json!({"DestinationConfig": {"OnSuccess": {"Destination": "nats:results.fine"}}}),
+    )
+    .await;
+    assert_eq!(s, 200, "{body}");
+    event(&cluster, "fine", json!({"name": "dest"})).await;
+    let msg = tokio::time::timeout(Duration::from_secs(30), sub.next())
+        .await
+        .expect("success record")
+        .unwrap();
+    let rec: Value = serde_json::from_slice(&msg.payload).unwrap();
+    assert_eq!(rec["requestContext"]["condition"], "Success");
+    assert_eq!(rec["responsePayload"]["greeting"], "hello dest");
+    assert_eq!(rec["requestPayload"]["name"], "dest");
+    cluster.stop();
+}
