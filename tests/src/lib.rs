@@ -19,11 +19,14 @@ use futures::StreamExt;
 /// run one at a time even under a parallel test runner.
 pub static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// The workspace this test runs in. Read at run time (cargo sets
+/// `CARGO_MANIFEST_DIR` for test processes): a compiled-in path can name another
+/// checkout when several share one target directory.
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf()
+    let manifest = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    manifest.parent().expect("workspace root").to_path_buf()
 }
 
 pub fn bin_dir() -> PathBuf {

@@ -217,17 +217,22 @@ async fn retries_dead_letters_redrive_and_destinations() {
     let (s, body) = put_config(&cluster, "failing", json!({"MaximumRetryAttempts": 0, "DestinationConfig": {"OnFailure": {"Destination": arn}}})).await;
     assert_eq!(s, 200, "{body}");
     event(&cluster, "failing", json!({"why": "to-recorder"})).await;
-    let got: Value = eventually(
-        Duration::from_secs(30),
-        "the record at the recorder",
-        || async {
-            let text = std::fs::read_to_string(&mark).ok()?;
-            text.lines()
-                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-                .find(|v| v["requestPayload"]["why"] == "to-recorder")
-        },
-    )
-    .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let got: Value = loop {
+        let text = std::fs::read_to_string(&mark).unwrap_or_default();
+        if let Some(v) = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|v| v["requestPayload"]["why"] == "to-recorder")
+        {
+            break v;
+        }
+        if std::time::Instant::now() > deadline {
+            let logs = get_json(&cluster, "/nimbus/v1/functions/recorder/logs?limit=10").await;
+            panic!("no record at the recorder; its file: {text:?}; its logs: {logs}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert_eq!(got["requestContext"]["condition"], "RetriesExhausted");
     assert_eq!(got["requestContext"]["approximateInvokeCount"], 1);
     let doc = get_json(&cluster, "/nimbus/v1/functions/failing/dlq").await;
