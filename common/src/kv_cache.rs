@@ -162,6 +162,11 @@ impl<T: DeserializeOwned + Versioned + Send + Sync + 'static> KvCache<T> {
             .is_ok()
     }
 
+    /// Notified whenever the mirror applies a newer revision.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.seen.subscribe()
+    }
+
     pub fn seen(&self) -> u64 {
         *self.seen.borrow()
     }

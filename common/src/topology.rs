@@ -10,6 +10,7 @@ use std::time::Duration;
 pub struct Topology {
     pub js: jetstream::Context,
     pub functions: kv::Store,
+    pub triggers: kv::Store,
     pub async_stream: stream::Stream,
 }
 
@@ -35,6 +36,19 @@ pub async fn ensure(
             })
             .await
             .context("creating the functions KV bucket")?,
+    };
+    let triggers = match js.get_key_value(names.triggers_bucket()).await {
+        Ok(kv) => kv,
+        Err(_) => js
+            .create_key_value(kv::Config {
+                bucket: names.triggers_bucket(),
+                description: "Nimbus event triggers".into(),
+                history: 1,
+                storage: stream::StorageType::File,
+                ..Default::default()
+            })
+            .await
+            .context("creating the triggers KV bucket")?,
     };
     let async_stream = js
         .get_or_create_stream(stream::Config {
@@ -78,6 +92,7 @@ pub async fn ensure(
     Ok(Topology {
         js,
         functions,
+        triggers,
         async_stream,
     })
 }

@@ -21,6 +21,7 @@ pub mod logs;
 pub mod names;
 pub use names::Names;
 pub mod subjects;
+pub mod trigger;
 pub mod worker;
 
 pub use codec::{DecodeError, decode, encode};
@@ -35,6 +36,7 @@ pub use invoke::{
 };
 pub use logs::LogRecord;
 pub use subjects::Subjects;
+pub use trigger::{TriggerConfig, TriggerSource};
 pub use worker::{Heartbeat, WarmInstances};
 
 /// Version written into every internal message. Readers refuse messages from a newer

@@ -21,6 +21,11 @@ impl Names {
         format!("{}_FUNCTIONS", self.upper)
     }
 
+    /// KV bucket of event triggers, keyed by trigger id.
+    pub fn triggers_bucket(&self) -> String {
+        format!("{}_TRIGGERS", self.upper)
+    }
+
     /// Stream of durable asynchronous invocations.
     pub fn async_stream(&self) -> String {
         format!("{}_ASYNC", self.upper)

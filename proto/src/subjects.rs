@@ -52,6 +52,11 @@ impl Subjects {
         &self.prefix
     }
 
+    /// Queue group in which schedulers share one NATS trigger's messages.
+    pub fn trigger_queue(&self, trigger_id: &str) -> String {
+        format!("{}-trigger-{trigger_id}", self.prefix.replace('.', "-"))
+    }
+
     /// Synchronous invocations from gateways to schedulers.
     pub fn invoke(&self) -> String {
         format!("{}.invoke", self.prefix)

@@ -229,6 +229,8 @@ impl Nats {
 #[derive(Debug, Clone)]
 pub struct ClusterOpts {
     pub workers: u32,
+    /// Schedulers beyond the first.
+    pub extra_schedulers: u32,
     pub slots: u32,
     /// `None`: a `file://` store in the cluster's data dir.
     pub code_store: Option<String>,
@@ -240,6 +242,7 @@ impl Default for ClusterOpts {
     fn default() -> Self {
         Self {
             workers: 1,
+            extra_schedulers: 0,
             slots: 8,
             code_store: None,
             env: vec![],
@@ -253,6 +256,7 @@ pub struct Cluster {
     pub code_store: String,
     pub workers: Vec<Proc>,
     pub scheduler: Proc,
+    pub extra_schedulers: Vec<Proc>,
     pub gateway: Proc,
     pub nats: Nats,
     pub data: tempfile::TempDir,
@@ -292,6 +296,18 @@ impl Cluster {
             base("nimbus-scheduler", &data.path().join("scheduler")),
             data.path(),
         );
+        let extra_schedulers = (0..opts.extra_schedulers)
+            .map(|i| {
+                Proc::spawn(
+                    &format!("scheduler-{}", i + 2),
+                    base(
+                        "nimbus-scheduler",
+                        &data.path().join(format!("scheduler-{}", i + 2)),
+                    ),
+                    data.path(),
+                )
+            })
+            .collect();
         let mut cluster_workers = Vec::new();
         for i in 1..=opts.workers {
             cluster_workers.push(Self::spawn_worker(&base, data.path(), i, opts.slots));
@@ -316,6 +332,7 @@ impl Cluster {
             code_store,
             workers: cluster_workers,
             scheduler,
+            extra_schedulers,
             gateway,
             nats,
             data,
@@ -446,6 +463,16 @@ impl Cluster {
             "scheduler did not stop cleanly:\n{}",
             self.scheduler.log_text()
         );
+        for s in &mut self.extra_schedulers {
+            if s.child.is_some() {
+                assert!(
+                    s.terminate(Duration::from_secs(20)),
+                    "{} did not stop cleanly:\n{}",
+                    s.name,
+                    s.log_text()
+                );
+            }
+        }
     }
 
     pub fn url(&self, path: &str) -> String {

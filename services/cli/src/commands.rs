@@ -436,3 +436,54 @@ pub async fn event_config(
     println!("{}", serde_json::to_string_pretty(&doc)?);
     Ok(())
 }
+
+pub async fn trigger_add(client: &Client, body: Value) -> anyhow::Result<()> {
+    let t: Value = client
+        .send(
+            client
+                .request(Method::POST, "/nimbus/v1/triggers")
+                .json(&body),
+        )
+        .await?
+        .json()
+        .await?;
+    println!(
+        "added trigger {} ({} {} -> {})",
+        t["id"].as_str().unwrap_or(""),
+        t["type"].as_str().unwrap_or(""),
+        t["subject"].as_str().unwrap_or(""),
+        t["function"].as_str().unwrap_or("")
+    );
+    Ok(())
+}
+
+pub async fn trigger_list(client: &Client, function: Option<&str>) -> anyhow::Result<()> {
+    let path = match function {
+        Some(f) => format!("/nimbus/v1/triggers?function={f}"),
+        None => "/nimbus/v1/triggers".into(),
+    };
+    let doc: Value = client
+        .send(client.request(Method::GET, &path))
+        .await?
+        .json()
+        .await?;
+    println!("{:<16} {:<6} {:<32} SOURCE", "ID", "TYPE", "FUNCTION");
+    for t in doc["triggers"].as_array().into_iter().flatten() {
+        println!(
+            "{:<16} {:<6} {:<32} {}",
+            t["id"].as_str().unwrap_or(""),
+            t["type"].as_str().unwrap_or(""),
+            t["function"].as_str().unwrap_or(""),
+            t["subject"].as_str().unwrap_or(""),
+        );
+    }
+    Ok(())
+}
+
+pub async fn trigger_remove(client: &Client, id: &str) -> anyhow::Result<()> {
+    client
+        .send(client.request(Method::DELETE, &format!("/nimbus/v1/triggers/{id}")))
+        .await?;
+    println!("removed trigger {id}");
+    Ok(())
+}

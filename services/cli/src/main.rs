@@ -88,6 +88,11 @@ enum Cmd {
     Status,
     /// Delete a function.
     Rm { name: String },
+    /// Event triggers: bind functions to event sources.
+    Trigger {
+        #[command(subcommand)]
+        action: TriggerCmd,
+    },
     /// Dead letters: failed asynchronous invocations.
     Dlq {
         #[command(subcommand)]
@@ -115,6 +120,34 @@ enum Cmd {
         name: String,
         #[arg(long, default_value_t = 20)]
         limit: u32,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TriggerCmd {
+    /// Add a trigger.
+    Add {
+        #[command(subcommand)]
+        source: TriggerSource,
+    },
+    /// List triggers.
+    Ls {
+        #[arg(long)]
+        function: Option<String>,
+    },
+    /// Remove a trigger.
+    Rm { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum TriggerSource {
+    /// Invoke the function (asynchronously) with each message on a NATS subject.
+    Nats {
+        #[arg(long)]
+        function: String,
+        /// Subject, wildcards allowed (orders.>, orders.*.created).
+        #[arg(long)]
+        subject: String,
     },
 }
 
@@ -206,6 +239,21 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         Cmd::Ls => commands::list(&client).await?,
         Cmd::Status => commands::status(&client).await?,
         Cmd::Rm { name } => commands::remove(&client, &name).await?,
+        Cmd::Trigger { action } => {
+            match action {
+                TriggerCmd::Add {
+                    source: TriggerSource::Nats { function, subject },
+                } => commands::trigger_add(
+                    &client,
+                    serde_json::json!({"type": "nats", "function": function, "subject": subject}),
+                )
+                .await?,
+                TriggerCmd::Ls { function } => {
+                    commands::trigger_list(&client, function.as_deref()).await?
+                }
+                TriggerCmd::Rm { id } => commands::trigger_remove(&client, &id).await?,
+            }
+        }
         Cmd::Dlq { action } => match action {
             DlqCmd::Ls { name } => commands::dlq_list(&client, &name).await?,
             DlqCmd::Show { name, seq } => commands::dlq_show(&client, &name, seq).await?,

@@ -45,7 +45,7 @@ const THROTTLE_DELAY: Duration = Duration::from_secs(1);
 pub struct AsyncQueue {
     pub placement: Arc<Placement>,
     pub registry: Arc<Registry>,
-    pub deliverer: Deliverer,
+    pub deliverer: Arc<Deliverer>,
     pub region: String,
     /// First retry's delay; doubled for each further retry.
     pub retry_delay: Duration,

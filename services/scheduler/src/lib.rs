@@ -15,6 +15,7 @@ pub mod destinations;
 pub mod placement;
 pub mod registry;
 pub mod sync_invoke;
+pub mod triggers;
 pub mod workers;
 
 use std::sync::Arc;
@@ -81,14 +82,21 @@ pub async fn run(
         consumers.clone(),
         tracker.clone(),
     ));
+    let deliverer = Arc::new(destinations::Deliverer {
+        nats: nats.clone(),
+        js: topology.js.clone(),
+        subjects: subjects.clone(),
+    });
+    let runner = Arc::new(triggers::TriggerRunner {
+        nats: nats.clone(),
+        subjects: subjects.clone(),
+        deliverer: deliverer.clone(),
+    });
+    tokio::spawn(runner.run(topology.triggers.clone(), stop.clone()));
     let queue = Arc::new(async_queue::AsyncQueue {
         placement: placement.clone(),
         registry: registry.clone(),
-        deliverer: destinations::Deliverer {
-            nats: nats.clone(),
-            js: topology.js.clone(),
-            subjects: subjects.clone(),
-        },
+        deliverer,
         region: cfg.region.clone(),
         retry_delay: cfg.retry_delay,
     });

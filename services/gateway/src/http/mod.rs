@@ -10,6 +10,7 @@ pub mod event_invoke;
 pub mod functions;
 pub mod invocations;
 pub mod native;
+pub mod triggers;
 
 use std::sync::Arc;
 
@@ -74,6 +75,14 @@ pub fn router(state: Arc<AppState>) -> Router {
             post(dlq::redrive),
         )
         .route("/nimbus/v1/functions/{name}/dlq/{seq}", get(dlq::show))
+        .route(
+            "/nimbus/v1/triggers",
+            post(triggers::create).get(triggers::list),
+        )
+        .route(
+            "/nimbus/v1/triggers/{id}",
+            axum::routing::delete(triggers::delete),
+        )
         .route("/nimbus/v1/cluster", get(native::cluster))
         .route("/healthz", get(native::healthz))
         .route("/metrics", get(native::metrics))

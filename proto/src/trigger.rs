@@ -1,0 +1,86 @@
+//! Event triggers: what binds a function to a source of events. Stored in the
+//! triggers KV bucket (key = trigger id) by the gateway; every scheduler watches it
+//! and runs the sources. Each event becomes an [`crate::AsyncInvocation`] on the
+//! async stream, under the same delivery contract as an `Event` invoke.
+
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{current_version, versioned};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TriggerConfig {
+    #[serde(default = "current_version")]
+    pub v: u16,
+    /// Letters, digits, `-`, `_` (a KV key and a queue-group token).
+    pub id: String,
+    pub function: String,
+    pub source: TriggerSource,
+    /// Unix ms of creation.
+    pub created_ms: u64,
+}
+versioned!(TriggerConfig);
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum TriggerSource {
+    /// Every message on a core NATS subject (wildcards allowed), taken once across
+    /// all schedulers (a queue group).
+    Nats { subject: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TriggerError {
+    #[error(
+        "subject {0:?} is not a valid NATS subject (tokens of letters, digits, -, _, with * or a final >)"
+    )]
+    BadSubject(String),
+    #[error("subject {0:?} is reserved for Nimbus itself")]
+    ReservedSubject(String),
+}
+
+/// Checks a user's subscription subject; refuses Nimbus's own subjects (so a
+/// trigger can never feed on invocations, dispatches or heartbeats) and the
+/// server's (`$JS`, `_INBOX`, …).
+pub fn validate_trigger_subject(subject: &str, prefix: &str) -> Result<(), TriggerError> {
+    let tokens: Vec<&str> = subject.split('.').collect();
+    let ok = !subject.is_empty()
+        && subject.len() <= 256
+        && tokens.iter().enumerate().all(|(i, t)| {
+            *t == "*"
+                || (*t == ">" && i == tokens.len() - 1)
+                || (!t.is_empty()
+                    && t.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'))
+        });
+    if !ok {
+        return Err(TriggerError::BadSubject(subject.into()));
+    }
+    let first = tokens[0];
+    let prefix_first = prefix.split('.').next().unwrap_or(prefix);
+    if first == ">" || first == "*" || first == prefix_first || first.starts_with('_') {
+        return Err(TriggerError::ReservedSubject(subject.into()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects() {
+        assert!(validate_trigger_subject("orders.>", "nimbus").is_ok());
+        assert!(validate_trigger_subject("orders.*.created", "nimbus").is_ok());
+        assert!(matches!(
+            validate_trigger_subject("nimbus.invoke", "nimbus"),
+            Err(TriggerError::ReservedSubject(_))
+        ));
+        assert!(matches!(
+            validate_trigger_subject(">", "nimbus"),
+            Err(TriggerError::ReservedSubject(_))
+        ));
+        assert!(validate_trigger_subject("orders.>.x", "nimbus").is_err());
+        assert!(validate_trigger_subject("orders..x", "nimbus").is_err());
+        assert!(validate_trigger_subject("a b", "nimbus").is_err());
+    }
+}

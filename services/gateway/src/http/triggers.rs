@@ -1,0 +1,149 @@
+//! Event triggers (`/nimbus/v1/triggers`): bind a function to a source of events.
+//! Written to the triggers KV bucket; schedulers watch it and run the sources.
+//!
+//! `POST {"type": "nats", "function": "F", "subject": "orders.>"}` → 201 the trigger;
+//! `GET` lists (optionally `?function=F`); `DELETE /nimbus/v1/triggers/{id}`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_nats::jetstream::kv;
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use futures::TryStreamExt;
+use nimbus_proto::trigger::validate_trigger_subject;
+use nimbus_proto::{TriggerConfig, TriggerSource, WIRE_VERSION, decode, encode};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{parse_function_name, parse_json, read_body};
+use crate::AppState;
+use crate::error::ApiError;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewTrigger {
+    #[serde(rename = "type")]
+    kind: String,
+    function: String,
+    subject: Option<String>,
+}
+
+fn shape(t: &TriggerConfig) -> Value {
+    let mut v = json!({ "id": t.id, "function": t.function, "createdMs": t.created_ms });
+    match &t.source {
+        TriggerSource::Nats { subject } => {
+            v["type"] = json!("nats");
+            v["subject"] = json!(subject);
+        }
+    }
+    v
+}
+
+async fn bucket(state: &AppState) -> Result<kv::Store, ApiError> {
+    state
+        .js
+        .get_key_value(state.names.triggers_bucket())
+        .await
+        .map_err(|e| ApiError::Service(format!("opening the triggers bucket: {e}")))
+}
+
+pub async fn create(
+    State(state): State<Arc<AppState>>,
+    body: Body,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let body = read_body(
+        body,
+        64 * 1024,
+        ApiError::EntityTooLarge("Request too large".into()),
+    )
+    .await?;
+    let req: NewTrigger = parse_json(&body)?;
+    let (function, _) = parse_function_name(&req.function)?;
+    super::functions::current(&state, &function).await?;
+    let source = match req.kind.as_str() {
+        "nats" => {
+            let subject = req.subject.ok_or_else(|| {
+                ApiError::InvalidParameter("a nats trigger needs a subject".into())
+            })?;
+            validate_trigger_subject(&subject, state.subjects.prefix())
+                .map_err(|e| ApiError::InvalidParameter(e.to_string()))?;
+            TriggerSource::Nats { subject }
+        }
+        other => {
+            return Err(ApiError::InvalidParameter(format!(
+                "trigger type {other:?} is not supported (supported: nats)"
+            )));
+        }
+    };
+    let id = format!("t-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let trigger = TriggerConfig {
+        v: WIRE_VERSION,
+        id: id.clone(),
+        function,
+        source,
+        created_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or_default(),
+    };
+    bucket(&state)
+        .await?
+        .create(&id, encode(&trigger))
+        .await
+        .map_err(|e| ApiError::Service(format!("storing the trigger: {e}")))?;
+    tracing::info!(trigger = %id, function = %trigger.function, "trigger created");
+    Ok((StatusCode::CREATED, Json(shape(&trigger))))
+}
+
+pub async fn list(
+    State(state): State<Arc<AppState>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    let kv = bucket(&state).await?;
+    let keys: Vec<String> = match kv.keys().await {
+        Ok(k) => k.try_collect().await.unwrap_or_default(),
+        Err(_) => vec![],
+    };
+    let mut out = Vec::new();
+    for key in keys {
+        if let Ok(Some(entry)) = kv.entry(&key).await
+            && entry.operation == kv::Operation::Put
+            && let Ok(t) = decode::<TriggerConfig>(&entry.value)
+            && q.get("function").is_none_or(|f| *f == t.function)
+        {
+            out.push(t);
+        }
+    }
+    out.sort_by(|a, b| a.created_ms.cmp(&b.created_ms).then(a.id.cmp(&b.id)));
+    Ok(Json(
+        json!({ "triggers": out.iter().map(shape).collect::<Vec<_>>() }),
+    ))
+}
+
+pub async fn delete(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let kv = bucket(&state).await?;
+    let exists = kv
+        .entry(&id)
+        .await
+        .ok()
+        .flatten()
+        .is_some_and(|e| e.operation == kv::Operation::Put);
+    if !exists
+        || !id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(ApiError::NotFound(format!("No trigger {id}")));
+    }
+    kv.delete(&id)
+        .await
+        .map_err(|e| ApiError::Service(format!("deleting the trigger: {e}")))?;
+    tracing::info!(trigger = %id, "trigger deleted");
+    Ok(StatusCode::NO_CONTENT)
+}

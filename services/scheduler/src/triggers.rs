@@ -1,0 +1,179 @@
+//! Event triggers run by the scheduler. The triggers KV bucket is mirrored; every
+//! scheduler runs every trigger, and shares its events with the others (a queue
+//! group per trigger), so each event is taken once.
+//!
+//! NATS triggers: each message on the subject becomes one asynchronous invocation,
+//! published to the async stream (acknowledged) and then run under the async delivery
+//! contract. The event is an envelope:
+//!
+//! ```json
+//! {"source": "nimbus:nats", "triggerId": "…", "subject": "orders.new",
+//!  "headers": {"Name": "value"}, "data": <the body, if it is JSON>,
+//!  "dataBase64": "<the body, if it is not JSON>"}
+//! ```
+//!
+//! Core NATS is at most once up to that publish: a message that arrives while no
+//! scheduler is subscribed, or while the publish fails, is lost (logged and counted).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::kv;
+use base64::Engine;
+use futures::StreamExt;
+use nimbus_common::KvCache;
+use nimbus_proto::{
+    AsyncInvocation, MAX_ASYNC_PAYLOAD, Subjects, TriggerConfig, TriggerSource, WIRE_VERSION,
+    encode,
+};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use crate::destinations::{Deliverer, now_ms};
+
+pub struct TriggerRunner {
+    pub nats: async_nats::Client,
+    pub subjects: Subjects,
+    pub deliverer: Arc<Deliverer>,
+}
+
+impl TriggerRunner {
+    /// Mirrors the triggers bucket and keeps one task per trigger running.
+    pub async fn run(self: Arc<Self>, bucket: kv::Store, stop: CancellationToken) {
+        let cache: Arc<KvCache<TriggerConfig>> = KvCache::start(bucket, stop.clone()).await;
+        let mut changes = cache.subscribe();
+        let mut running: HashMap<String, (TriggerConfig, CancellationToken)> = HashMap::new();
+        loop {
+            let wanted: HashMap<String, TriggerConfig> = cache
+                .list()
+                .into_iter()
+                .map(|(id, _, t)| (id, (*t).clone()))
+                .collect();
+            running.retain(|id, (cfg, token)| {
+                let keep = wanted.get(id) == Some(cfg);
+                if !keep {
+                    tracing::info!(trigger = %id, "trigger stopped");
+                    token.cancel();
+                }
+                keep
+            });
+            for (id, cfg) in wanted {
+                if running.contains_key(&id) {
+                    continue;
+                }
+                let token = stop.child_token();
+                let me = self.clone();
+                let t = token.clone();
+                let c = cfg.clone();
+                tokio::spawn(async move { me.run_trigger(c, t).await });
+                running.insert(id, (cfg, token));
+            }
+            tokio::select! {
+                r = changes.changed() => if r.is_err() { break },
+                _ = stop.cancelled() => break,
+            }
+        }
+    }
+
+    async fn run_trigger(&self, cfg: TriggerConfig, stop: CancellationToken) {
+        match &cfg.source {
+            TriggerSource::Nats { subject } => {
+                // Resubscribe if the subscription ends (e.g. a reconnect).
+                while !stop.is_cancelled() {
+                    if let Err(e) = self.nats_trigger(&cfg, subject, &stop).await {
+                        tracing::warn!(trigger = %cfg.id, %subject, error = %e, "NATS trigger failed; restarting");
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = stop.cancelled() => {}
+                    }
+                }
+            }
+        }
+    }
+
+    async fn nats_trigger(
+        &self,
+        cfg: &TriggerConfig,
+        subject: &str,
+        stop: &CancellationToken,
+    ) -> anyhow::Result<()> {
+        let mut sub = self
+            .nats
+            .queue_subscribe(subject.to_string(), self.subjects.trigger_queue(&cfg.id))
+            .await?;
+        tracing::info!(trigger = %cfg.id, function = %cfg.function, %subject, "NATS trigger running");
+        loop {
+            let msg = tokio::select! {
+                m = sub.next() => m,
+                _ = stop.cancelled() => break,
+            };
+            let Some(msg) = msg else { break };
+            let event = envelope(&cfg.id, &msg);
+            let payload = bytes::Bytes::from(serde_json::to_vec(&event).unwrap_or_default());
+            if payload.len() > MAX_ASYNC_PAYLOAD {
+                tracing::warn!(trigger = %cfg.id, subject = %msg.subject, size = payload.len(), "NATS message too large for an async invocation; dropped");
+                metrics::counter!("nimbus_trigger_events_dropped_total", "reason" => "too_large")
+                    .increment(1);
+                continue;
+            }
+            let request_id = uuid::Uuid::now_v7().to_string();
+            let inv = AsyncInvocation {
+                v: WIRE_VERSION,
+                request_id: request_id.clone(),
+                function: cfg.function.clone(),
+                min_revision: 0,
+                payload,
+                enqueued_at_ms: now_ms(),
+                attempt: 0,
+                not_before_ms: 0,
+            };
+            let Ok(target) = self.subjects.async_invoke(&cfg.function) else {
+                continue;
+            };
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Nats-Msg-Id", request_id.as_str());
+            if let Err(e) = self
+                .deliverer
+                .js_publish(target, headers, encode(&inv))
+                .await
+            {
+                tracing::warn!(trigger = %cfg.id, subject = %msg.subject, error = %e, "event not queued; dropped (core NATS is at most once)");
+                metrics::counter!("nimbus_trigger_events_dropped_total", "reason" => "queue_failed").increment(1);
+            }
+        }
+        let _ = sub.unsubscribe().await;
+        Ok(())
+    }
+}
+
+/// The event a NATS message becomes.
+pub fn envelope(trigger_id: &str, msg: &async_nats::Message) -> Value {
+    let mut headers = serde_json::Map::new();
+    if let Some(h) = &msg.headers {
+        for (name, values) in h.iter() {
+            let joined = values
+                .iter()
+                .map(|v| v.as_str())
+                .collect::<Vec<_>>()
+                .join(", ");
+            headers.insert(name.to_string(), Value::String(joined));
+        }
+    }
+    let mut event = json!({
+        "source": "nimbus:nats",
+        "triggerId": trigger_id,
+        "subject": msg.subject.to_string(),
+        "headers": headers,
+    });
+    match serde_json::from_slice::<Value>(&msg.payload) {
+        Ok(v) if !msg.payload.is_empty() => event["data"] = v,
+        _ => {
+            event["data"] = Value::Null;
+            event["dataBase64"] =
+                Value::String(base64::engine::general_purpose::STANDARD.encode(&msg.payload));
+        }
+    }
+    event
+}
