@@ -11,6 +11,8 @@ pub struct Topology {
     pub js: jetstream::Context,
     pub functions: kv::Store,
     pub triggers: kv::Store,
+    pub schedules: kv::Store,
+    pub schedule_state: kv::Store,
     pub async_stream: stream::Stream,
 }
 
@@ -37,19 +39,14 @@ pub async fn ensure(
             .await
             .context("creating the functions KV bucket")?,
     };
-    let triggers = match js.get_key_value(names.triggers_bucket()).await {
-        Ok(kv) => kv,
-        Err(_) => js
-            .create_key_value(kv::Config {
-                bucket: names.triggers_bucket(),
-                description: "Nimbus event triggers".into(),
-                history: 1,
-                storage: stream::StorageType::File,
-                ..Default::default()
-            })
-            .await
-            .context("creating the triggers KV bucket")?,
-    };
+    let triggers = bucket(&js, names.triggers_bucket(), "Nimbus event triggers").await?;
+    let schedules = bucket(&js, names.schedules_bucket(), "Nimbus schedules").await?;
+    let schedule_state = bucket(
+        &js,
+        names.schedule_state_bucket(),
+        "Nimbus schedule state: last instant fired",
+    )
+    .await?;
     let async_stream = js
         .get_or_create_stream(stream::Config {
             name: names.async_stream(),
@@ -93,6 +90,28 @@ pub async fn ensure(
         js,
         functions,
         triggers,
+        schedules,
+        schedule_state,
         async_stream,
     })
+}
+
+async fn bucket(
+    js: &jetstream::Context,
+    name: String,
+    description: &str,
+) -> anyhow::Result<kv::Store> {
+    match js.get_key_value(name.clone()).await {
+        Ok(kv) => Ok(kv),
+        Err(_) => js
+            .create_key_value(kv::Config {
+                bucket: name.clone(),
+                description: description.into(),
+                history: 1,
+                storage: stream::StorageType::File,
+                ..Default::default()
+            })
+            .await
+            .with_context(|| format!("creating the {name} KV bucket")),
+    }
 }

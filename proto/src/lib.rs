@@ -20,6 +20,7 @@ pub mod invoke;
 pub mod logs;
 pub mod names;
 pub use names::Names;
+pub mod schedule;
 pub mod subjects;
 pub mod trigger;
 pub mod worker;
@@ -35,6 +36,7 @@ pub use invoke::{
     InvokeRequest,
 };
 pub use logs::LogRecord;
+pub use schedule::{Misfire, ScheduleConfig, ScheduleState};
 pub use subjects::Subjects;
 pub use trigger::{TriggerConfig, TriggerSource};
 pub use worker::{Heartbeat, WarmInstances};

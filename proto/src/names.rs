@@ -21,6 +21,16 @@ impl Names {
         format!("{}_FUNCTIONS", self.upper)
     }
 
+    /// KV bucket of schedules, keyed by schedule name.
+    pub fn schedules_bucket(&self) -> String {
+        format!("{}_SCHEDULES", self.upper)
+    }
+
+    /// KV bucket of schedule state (last instant fired), keyed by schedule name.
+    pub fn schedule_state_bucket(&self) -> String {
+        format!("{}_SCHEDULE_STATE", self.upper)
+    }
+
     /// KV bucket of event triggers, keyed by trigger id.
     pub fn triggers_bucket(&self) -> String {
         format!("{}_TRIGGERS", self.upper)

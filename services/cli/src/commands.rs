@@ -487,3 +487,86 @@ pub async fn trigger_remove(client: &Client, id: &str) -> anyhow::Result<()> {
     println!("removed trigger {id}");
     Ok(())
 }
+
+pub async fn schedule_add(client: &Client, body: Value) -> anyhow::Result<()> {
+    let s: Value = client
+        .send(
+            client
+                .request(Method::POST, "/nimbus/v1/schedules")
+                .json(&body),
+        )
+        .await?
+        .json()
+        .await?;
+    println!(
+        "added schedule {} ({} -> {}), next {}",
+        s["name"].as_str().unwrap_or(""),
+        s["expression"].as_str().unwrap_or(""),
+        s["function"].as_str().unwrap_or(""),
+        s["next"].as_str().unwrap_or("never"),
+    );
+    Ok(())
+}
+
+pub async fn schedule_list(client: &Client) -> anyhow::Result<()> {
+    let doc: Value = client
+        .send(client.request(Method::GET, "/nimbus/v1/schedules"))
+        .await?
+        .json()
+        .await?;
+    println!(
+        "{:<24} {:<24} {:<28} {:<18} NEXT",
+        "NAME", "FUNCTION", "EXPRESSION", "TIMEZONE"
+    );
+    for s in doc["schedules"].as_array().into_iter().flatten() {
+        println!(
+            "{:<24} {:<24} {:<28} {:<18} {}",
+            s["name"].as_str().unwrap_or(""),
+            s["function"].as_str().unwrap_or(""),
+            s["expression"].as_str().unwrap_or(""),
+            s["timezone"].as_str().unwrap_or(""),
+            s["next"].as_str().unwrap_or("never"),
+        );
+    }
+    Ok(())
+}
+
+pub async fn schedule_remove(client: &Client, name: &str) -> anyhow::Result<()> {
+    client
+        .send(client.request(Method::DELETE, &format!("/nimbus/v1/schedules/{name}")))
+        .await?;
+    println!("removed schedule {name}");
+    Ok(())
+}
+
+pub async fn schedule_preview(
+    client: &Client,
+    expression: &str,
+    timezone: Option<String>,
+    after: Option<String>,
+    count: u32,
+) -> anyhow::Result<()> {
+    let mut query = vec![
+        ("expression", expression.to_string()),
+        ("count", count.to_string()),
+    ];
+    if let Some(t) = timezone {
+        query.push(("timezone", t));
+    }
+    if let Some(a) = after {
+        query.push(("after", a));
+    }
+    let doc: Value = client
+        .send(
+            client
+                .request(Method::GET, "/nimbus/v1/schedule-preview")
+                .query(&query),
+        )
+        .await?
+        .json()
+        .await?;
+    for t in doc["times"].as_array().into_iter().flatten() {
+        println!("{}", t.as_str().unwrap_or(""));
+    }
+    Ok(())
+}

@@ -88,6 +88,11 @@ enum Cmd {
     Status,
     /// Delete a function.
     Rm { name: String },
+    /// Schedules: invoke a function on cron, rate or at expressions.
+    Schedule {
+        #[command(subcommand)]
+        action: ScheduleCmd,
+    },
     /// Event triggers: bind functions to event sources.
     Trigger {
         #[command(subcommand)]
@@ -120,6 +125,49 @@ enum Cmd {
         name: String,
         #[arg(long, default_value_t = 20)]
         limit: u32,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ScheduleCmd {
+    /// Add a schedule.
+    Add {
+        name: String,
+        #[arg(long)]
+        function: String,
+        /// cron(0 12 * * ? *), rate(5 minutes), at(2027-01-01T00:00:00), or */5 * * * *
+        #[arg(long)]
+        expression: String,
+        /// IANA time zone (default UTC).
+        #[arg(long)]
+        timezone: Option<String>,
+        /// JSON event (default: EventBridge's Scheduled Event).
+        #[arg(long)]
+        payload: Option<String>,
+        /// RFC 3339; no fire before it (rates count from it).
+        #[arg(long)]
+        start: Option<String>,
+        /// RFC 3339; no fire after it.
+        #[arg(long)]
+        end: Option<String>,
+        /// skip | fire_once | catch_up:N — instants missed while no scheduler ran.
+        #[arg(long)]
+        misfire: Option<String>,
+    },
+    /// List schedules.
+    Ls,
+    /// Remove a schedule.
+    Rm { name: String },
+    /// Print the next fire times of an expression, one RFC 3339 UTC instant a line.
+    Preview {
+        expression: String,
+        #[arg(long)]
+        timezone: Option<String>,
+        /// RFC 3339 (default: now).
+        #[arg(long)]
+        after: Option<String>,
+        #[arg(long, default_value_t = 10)]
+        count: u32,
     },
 }
 
@@ -239,6 +287,36 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         Cmd::Ls => commands::list(&client).await?,
         Cmd::Status => commands::status(&client).await?,
         Cmd::Rm { name } => commands::remove(&client, &name).await?,
+        Cmd::Schedule { action } => match action {
+            ScheduleCmd::Add {
+                name,
+                function,
+                expression,
+                timezone,
+                payload,
+                start,
+                end,
+                misfire,
+            } => {
+                let payload = payload
+                    .map(|p| serde_json::from_str::<serde_json::Value>(&p))
+                    .transpose()
+                    .map_err(|e| anyhow::anyhow!("--payload is not JSON: {e}"))?;
+                let body = serde_json::json!({
+                    "name": name, "function": function, "expression": expression,
+                    "timezone": timezone, "payload": payload, "start": start, "end": end, "misfire": misfire,
+                });
+                commands::schedule_add(&client, body).await?
+            }
+            ScheduleCmd::Ls => commands::schedule_list(&client).await?,
+            ScheduleCmd::Rm { name } => commands::schedule_remove(&client, &name).await?,
+            ScheduleCmd::Preview {
+                expression,
+                timezone,
+                after,
+                count,
+            } => commands::schedule_preview(&client, &expression, timezone, after, count).await?,
+        },
         Cmd::Trigger { action } => {
             match action {
                 TriggerCmd::Add {

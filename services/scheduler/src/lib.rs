@@ -11,6 +11,7 @@
 //! consumer, so each invocation is routed by exactly one of them.
 
 pub mod async_queue;
+pub mod cron;
 pub mod destinations;
 pub mod placement;
 pub mod registry;
@@ -38,6 +39,8 @@ pub struct SchedulerConfig {
     pub retry_delay: Duration,
     /// Region used in ARNs of invocation records.
     pub region: String,
+    /// Schedule instants older than this when due were missed (no scheduler ran).
+    pub misfire_grace: Duration,
 }
 
 pub async fn run(
@@ -93,6 +96,14 @@ pub async fn run(
         deliverer: deliverer.clone(),
     });
     tokio::spawn(runner.run(topology.triggers.clone(), stop.clone()));
+    let cron = Arc::new(cron::CronRunner {
+        deliverer: deliverer.clone(),
+        subjects: subjects.clone(),
+        state: topology.schedule_state.clone(),
+        region: cfg.region.clone(),
+        misfire_grace: cfg.misfire_grace,
+    });
+    tokio::spawn(cron.run(topology.schedules.clone(), stop.clone()));
     let queue = Arc::new(async_queue::AsyncQueue {
         placement: placement.clone(),
         registry: registry.clone(),

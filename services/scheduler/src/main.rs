@@ -15,6 +15,10 @@ struct Args {
     /// one minute), doubled for each further retry.
     #[arg(long, env = "NIMBUS_RETRY_DELAY_MS", default_value_t = 60_000)]
     retry_delay_ms: u64,
+    /// Milliseconds after which a due schedule instant counts as missed (then the
+    /// schedule's misfire policy decides).
+    #[arg(long, env = "NIMBUS_MISFIRE_GRACE_MS", default_value_t = 60_000)]
+    misfire_grace_ms: u64,
     /// Region reported in ARNs.
     #[arg(long, env = "NIMBUS_REGION", default_value = "us-east-1")]
     region: String,
@@ -42,6 +46,7 @@ async fn main_exec() -> anyhow::Result<()> {
         drain_timeout: Duration::from_secs(args.drain_timeout_secs),
         retry_delay: Duration::from_millis(args.retry_delay_ms),
         region: args.region,
+        misfire_grace: Duration::from_millis(args.misfire_grace_ms),
     };
     nimbus_scheduler::run(cfg, nats, subjects, names, shutdown).await
 }

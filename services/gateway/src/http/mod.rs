@@ -10,6 +10,7 @@ pub mod event_invoke;
 pub mod functions;
 pub mod invocations;
 pub mod native;
+pub mod schedules;
 pub mod triggers;
 
 use std::sync::Arc;
@@ -83,6 +84,15 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/nimbus/v1/triggers/{id}",
             axum::routing::delete(triggers::delete),
         )
+        .route(
+            "/nimbus/v1/schedules",
+            post(schedules::create).get(schedules::list),
+        )
+        .route(
+            "/nimbus/v1/schedules/{name}",
+            get(schedules::get).delete(schedules::delete),
+        )
+        .route("/nimbus/v1/schedule-preview", get(schedules::preview))
         .route("/nimbus/v1/cluster", get(native::cluster))
         .route("/healthz", get(native::healthz))
         .route("/metrics", get(native::metrics))
