@@ -12,6 +12,7 @@ pub struct Topology {
     pub functions: kv::Store,
     pub triggers: kv::Store,
     pub schedules: kv::Store,
+    pub routes: kv::Store,
     pub schedule_state: kv::Store,
     pub async_stream: stream::Stream,
 }
@@ -41,6 +42,7 @@ pub async fn ensure(
     };
     let triggers = bucket(&js, names.triggers_bucket(), "Nimbus event triggers").await?;
     let schedules = bucket(&js, names.schedules_bucket(), "Nimbus schedules").await?;
+    let routes = bucket(&js, names.routes_bucket(), "Nimbus HTTP routes").await?;
     let schedule_state = bucket(
         &js,
         names.schedule_state_bucket(),
@@ -91,6 +93,7 @@ pub async fn ensure(
         functions,
         triggers,
         schedules,
+        routes,
         schedule_state,
         async_stream,
     })

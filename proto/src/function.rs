@@ -38,6 +38,9 @@ pub struct FunctionConfig {
     /// Lambda's defaults and no destinations.
     #[serde(default)]
     pub event_invoke: Option<EventInvokeConfig>,
+    /// The function's URL, when it has one.
+    #[serde(default)]
+    pub url: Option<crate::route::FunctionUrlConfig>,
 }
 versioned!(FunctionConfig);
 

@@ -20,6 +20,7 @@ pub mod invoke;
 pub mod logs;
 pub mod names;
 pub use names::Names;
+pub mod route;
 pub mod schedule;
 pub mod subjects;
 pub mod trigger;
@@ -36,6 +37,7 @@ pub use invoke::{
     InvokeRequest,
 };
 pub use logs::LogRecord;
+pub use route::{FunctionUrlConfig, RouteConfig};
 pub use schedule::{Misfire, ScheduleConfig, ScheduleState};
 pub use subjects::Subjects;
 pub use trigger::{TriggerConfig, TriggerSource};

@@ -31,6 +31,11 @@ impl Names {
         format!("{}_SCHEDULE_STATE", self.upper)
     }
 
+    /// KV bucket of HTTP routes, keyed by route id.
+    pub fn routes_bucket(&self) -> String {
+        format!("{}_ROUTES", self.upper)
+    }
+
     /// KV bucket of event triggers, keyed by trigger id.
     pub fn triggers_bucket(&self) -> String {
         format!("{}_TRIGGERS", self.upper)

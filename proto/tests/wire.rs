@@ -24,6 +24,7 @@ fn config() -> FunctionConfig {
         revision_id: "x".into(),
         ephemeral_storage_mb: 512,
         event_invoke: None,
+        url: None,
     }
 }
 

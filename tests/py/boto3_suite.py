@@ -153,6 +153,15 @@ check(status == 400 and "arn:aws:sqs" in msg, "an unsupported destination is a 4
 lam.delete_function_event_invoke_config(FunctionName="sdk-hello")
 check(error_code(lam.get_function_event_invoke_config, FunctionName="sdk-hello")[0] == "ResourceNotFoundException", "delete_function_event_invoke_config")
 
+# function URLs through boto3
+u = lam.create_function_url_config(FunctionName="sdk-hello", AuthType="NONE")
+check(u["FunctionUrl"].endswith("/fn/sdk-hello/") and u["AuthType"] == "NONE", "create_function_url_config")
+check(lam.get_function_url_config(FunctionName="sdk-hello")["FunctionUrl"] == u["FunctionUrl"], "get_function_url_config")
+body = json.loads(urllib.request.urlopen(u["FunctionUrl"] + "?name=url").read())
+check(body["greeting"] == "hello world", "the function URL serves the function")
+lam.delete_function_url_config(FunctionName="sdk-hello")
+check(error_code(lam.get_function_url_config, FunctionName="sdk-hello")[0] == "ResourceNotFoundException", "delete_function_url_config")
+
 # Event invocation: 202
 r = lam.invoke(FunctionName="sdk-hello", InvocationType="Event", Payload=b'{"name":"async"}')
 check(r["StatusCode"] == 202, "Event invocation is accepted with 202")

@@ -570,3 +570,69 @@ pub async fn schedule_preview(
     }
     Ok(())
 }
+
+pub async fn route_add(client: &Client, body: Value) -> anyhow::Result<()> {
+    let r: Value = client
+        .send(
+            client
+                .request(Method::POST, "/nimbus/v1/routes")
+                .json(&body),
+        )
+        .await?
+        .json()
+        .await?;
+    println!(
+        "added route {} ({} -> {}) at {}{}",
+        r["id"].as_str().unwrap_or(""),
+        r["routeKey"].as_str().unwrap_or(""),
+        r["function"].as_str().unwrap_or(""),
+        client.endpoint,
+        r["path"].as_str().unwrap_or(""),
+    );
+    Ok(())
+}
+
+pub async fn route_list(client: &Client) -> anyhow::Result<()> {
+    let doc: Value = client
+        .send(client.request(Method::GET, "/nimbus/v1/routes"))
+        .await?
+        .json()
+        .await?;
+    println!("{:<16} {:<8} {:<40} FUNCTION", "ID", "METHOD", "PATH");
+    for r in doc["routes"].as_array().into_iter().flatten() {
+        println!(
+            "{:<16} {:<8} {:<40} {}",
+            r["id"].as_str().unwrap_or(""),
+            r["method"].as_str().unwrap_or(""),
+            r["path"].as_str().unwrap_or(""),
+            r["function"].as_str().unwrap_or(""),
+        );
+    }
+    Ok(())
+}
+
+pub async fn route_remove(client: &Client, id: &str) -> anyhow::Result<()> {
+    client
+        .send(client.request(Method::DELETE, &format!("/nimbus/v1/routes/{id}")))
+        .await?;
+    println!("removed route {id}");
+    Ok(())
+}
+
+pub async fn url(client: &Client, name: &str, method: Method) -> anyhow::Result<()> {
+    let path = format!("/2021-10-31/functions/{name}/url");
+    let req = client.request(method.clone(), &path);
+    let req = if method == Method::POST {
+        req.json(&json!({"AuthType": "NONE"}))
+    } else {
+        req
+    };
+    let resp = client.send(req).await?;
+    if method == Method::DELETE {
+        println!("removed the URL of {name}");
+    } else {
+        let doc: Value = resp.json().await?;
+        println!("{}", doc["FunctionUrl"].as_str().unwrap_or(""));
+    }
+    Ok(())
+}

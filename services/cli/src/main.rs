@@ -93,6 +93,16 @@ enum Cmd {
         #[command(subcommand)]
         action: ScheduleCmd,
     },
+    /// HTTP routes: serve a function at a method and path on the gateway.
+    Route {
+        #[command(subcommand)]
+        action: RouteCmd,
+    },
+    /// A function's URL (http://<gateway>/fn/<name>/).
+    Url {
+        #[command(subcommand)]
+        action: UrlCmd,
+    },
     /// Event triggers: bind functions to event sources.
     Trigger {
         #[command(subcommand)]
@@ -169,6 +179,33 @@ enum ScheduleCmd {
         #[arg(long, default_value_t = 10)]
         count: u32,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum RouteCmd {
+    /// Add a route: `--method GET --path '/hello/{name}' --function F`.
+    Add {
+        #[arg(long, default_value = "ANY")]
+        method: String,
+        #[arg(long)]
+        path: String,
+        #[arg(long)]
+        function: String,
+    },
+    /// List routes.
+    Ls,
+    /// Remove a route.
+    Rm { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum UrlCmd {
+    /// Give a function a URL (AuthType NONE).
+    Add { name: String },
+    /// Show a function's URL.
+    Get { name: String },
+    /// Remove a function's URL.
+    Rm { name: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -287,6 +324,26 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         Cmd::Ls => commands::list(&client).await?,
         Cmd::Status => commands::status(&client).await?,
         Cmd::Rm { name } => commands::remove(&client, &name).await?,
+        Cmd::Route { action } => match action {
+            RouteCmd::Add {
+                method,
+                path,
+                function,
+            } => {
+                commands::route_add(
+                    &client,
+                    serde_json::json!({"method": method, "path": path, "function": function}),
+                )
+                .await?
+            }
+            RouteCmd::Ls => commands::route_list(&client).await?,
+            RouteCmd::Rm { id } => commands::route_remove(&client, &id).await?,
+        },
+        Cmd::Url { action } => match action {
+            UrlCmd::Add { name } => commands::url(&client, &name, reqwest::Method::POST).await?,
+            UrlCmd::Get { name } => commands::url(&client, &name, reqwest::Method::GET).await?,
+            UrlCmd::Rm { name } => commands::url(&client, &name, reqwest::Method::DELETE).await?,
+        },
         Cmd::Schedule { action } => match action {
             ScheduleCmd::Add {
                 name,

@@ -33,6 +33,7 @@ pub struct AppState {
     pub subjects: Subjects,
     pub names: Names,
     pub functions: Arc<KvCache<FunctionConfig>>,
+    pub routes: Arc<KvCache<nimbus_proto::RouteConfig>>,
     pub code: CodeStore,
     pub region: String,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
@@ -54,6 +55,7 @@ pub async fn run(
     let topology = nimbus_common::topology::ensure(&nats, &names, &subjects).await?;
     let stop = CancellationToken::new();
     let functions = KvCache::start(topology.functions.clone(), stop.clone()).await;
+    let routes = KvCache::start(topology.routes.clone(), stop.clone()).await;
     let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
     let metrics = recorder.handle();
     if metrics::set_global_recorder(recorder).is_err() {
@@ -65,6 +67,7 @@ pub async fn run(
         subjects,
         names,
         functions,
+        routes,
         code,
         region: cfg.region,
         metrics,
@@ -91,10 +94,13 @@ pub async fn run(
     let app = http::router(state);
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "gateway listening");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
-        .context("serving HTTP")?;
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown.cancelled_owned())
+    .await
+    .context("serving HTTP")?;
     stop.cancel();
     let _ = nats.flush().await;
     tracing::info!("gateway stopped");

@@ -174,6 +174,7 @@ pub async fn create(State(state): State<Arc<AppState>>, body: Body) -> Result<Re
         revision_id: uuid::Uuid::new_v4().to_string(),
         ephemeral_storage_mb: req.ephemeral_storage.map(|e| e.size).unwrap_or(512),
         event_invoke: None,
+        url: None,
     };
     let revision = state
         .functions

@@ -65,18 +65,7 @@ pub async fn invoke(
             "Could not parse request body into json: the payload is not valid JSON".into(),
         ));
     }
-    let (revision, cfg) = match state.functions.get(&name) {
-        Some(found) => found,
-        None => {
-            // Not in the mirror: created through another gateway a moment ago, or
-            // absent. One read of the bucket decides.
-            super::functions::current(&state, &name).await?;
-            state
-                .functions
-                .get(&name)
-                .ok_or_else(|| ApiError::not_found(&name))?
-        }
-    };
+    let (revision, cfg) = lookup(&state, &name).await?;
     let request_id = uuid::Uuid::new_v4().to_string();
     let log_tail = headers
         .get("X-Amz-Log-Type")
@@ -117,37 +106,59 @@ pub async fn invoke(
             Ok(resp)
         }
         Kind::RequestResponse => {
-            let req = InvokeRequest {
-                v: WIRE_VERSION,
-                request_id: request_id.clone(),
-                function: name.clone(),
-                min_revision: revision,
+            let reply = invoke_sync(
+                &state,
+                &name,
+                revision,
+                cfg.timeout_secs,
+                request_id,
                 payload,
                 log_tail,
-            };
-            let timeout = Duration::from_secs(u64::from(cfg.timeout_secs)) + PLATFORM_SLACK;
-            let request = async_nats::Request::new()
-                .payload(encode(&req))
-                .timeout(Some(timeout));
-            let msg = state
-                .nats
-                .send_request(state.subjects.invoke(), request)
-                .await
-                .map_err(|e| match e.kind() {
-                    async_nats::RequestErrorKind::NoResponders => ApiError::Unavailable(
-                        "No scheduler is running: the invocation cannot be placed".into(),
-                    ),
-                    async_nats::RequestErrorKind::TimedOut => ApiError::Service(format!(
-                        "The invocation {request_id} did not complete within {} s (its worker may have stopped)",
-                        timeout.as_secs()
-                    )),
-                    _ => ApiError::Service(format!("invocation failed: {e}")),
-                })?;
-            let reply: InvokeReply = decode(&msg.payload)
-                .map_err(|e| ApiError::Service(format!("unreadable invocation reply: {e}")))?;
+            )
+            .await?;
             respond(reply)
         }
     }
+}
+
+/// Runs a synchronous invocation: to a scheduler over NATS, the worker's reply back
+/// to this gateway's inbox. Shared by `Invoke`, function URLs and routes.
+pub async fn invoke_sync(
+    state: &AppState,
+    name: &str,
+    revision: u64,
+    timeout_secs: u32,
+    request_id: String,
+    payload: bytes::Bytes,
+    log_tail: bool,
+) -> Result<InvokeReply, ApiError> {
+    let req = InvokeRequest {
+        v: WIRE_VERSION,
+        request_id: request_id.clone(),
+        function: name.to_string(),
+        min_revision: revision,
+        payload,
+        log_tail,
+    };
+    let timeout = Duration::from_secs(u64::from(timeout_secs)) + PLATFORM_SLACK;
+    let request = async_nats::Request::new()
+        .payload(encode(&req))
+        .timeout(Some(timeout));
+    let msg = state
+        .nats
+        .send_request(state.subjects.invoke(), request)
+        .await
+        .map_err(|e| match e.kind() {
+            async_nats::RequestErrorKind::NoResponders => ApiError::Unavailable(
+                "No scheduler is running: the invocation cannot be placed".into(),
+            ),
+            async_nats::RequestErrorKind::TimedOut => ApiError::Service(format!(
+                "The invocation {request_id} did not complete within {} s (its worker may have stopped)",
+                timeout.as_secs()
+            )),
+            _ => ApiError::Service(format!("invocation failed: {e}")),
+        })?;
+    decode(&msg.payload).map_err(|e| ApiError::Service(format!("unreadable invocation reply: {e}")))
 }
 
 fn respond(reply: InvokeReply) -> Result<Response, ApiError> {
@@ -190,4 +201,20 @@ fn unix_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or_default()
+}
+
+/// The function's configuration from the mirror; on a miss (created through another
+/// gateway a moment ago, or absent) one read of the bucket decides.
+pub async fn lookup(
+    state: &AppState,
+    name: &str,
+) -> Result<(u64, std::sync::Arc<nimbus_proto::FunctionConfig>), ApiError> {
+    if let Some(found) = state.functions.get(name) {
+        return Ok(found);
+    }
+    super::functions::current(state, name).await?;
+    state
+        .functions
+        .get(name)
+        .ok_or_else(|| ApiError::not_found(name))
 }

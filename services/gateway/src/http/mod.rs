@@ -12,6 +12,7 @@ pub mod invocations;
 pub mod native;
 pub mod schedules;
 pub mod triggers;
+pub mod web;
 
 use std::sync::Arc;
 
@@ -93,21 +94,31 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(schedules::get).delete(schedules::delete),
         )
         .route("/nimbus/v1/schedule-preview", get(schedules::preview))
+        .route(
+            "/2021-10-31/functions/{name}/url",
+            get(web::get_url)
+                .post(web::create_url)
+                .put(web::update_url)
+                .delete(web::delete_url),
+        )
+        .route(
+            "/nimbus/v1/routes",
+            post(web::create_route).get(web::list_routes),
+        )
+        .route(
+            "/nimbus/v1/routes/{id}",
+            axum::routing::delete(web::delete_route),
+        )
+        .route("/fn/{name}", axum::routing::any(web::function_url))
+        .route("/fn/{name}/", axum::routing::any(web::function_url))
+        .route("/fn/{name}/{*rest}", axum::routing::any(web::function_url))
         .route("/nimbus/v1/cluster", get(native::cluster))
         .route("/healthz", get(native::healthz))
         .route("/metrics", get(native::metrics))
-        .fallback(fallback)
+        .fallback(web::routes_fallback)
         .layer(DefaultBodyLimit::disable())
         .layer(middleware::from_fn(track))
         .with_state(state)
-}
-
-async fn fallback(req: Request) -> ApiError {
-    ApiError::NotFound(format!(
-        "No route for {} {}",
-        req.method(),
-        req.uri().path()
-    ))
 }
 
 /// Counts requests by route and status.
