@@ -57,6 +57,12 @@ impl Subjects {
         format!("{}-trigger-{trigger_id}", self.prefix.replace('.', "-"))
     }
 
+    /// Default subject of S3-style object event notifications (MinIO's NATS target
+    /// publishes here).
+    pub fn s3_events(&self) -> String {
+        format!("{}.events.s3", self.prefix)
+    }
+
     /// Synchronous invocations from gateways to schedulers.
     pub fn invoke(&self) -> String {
         format!("{}.invoke", self.prefix)

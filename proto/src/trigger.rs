@@ -26,6 +26,50 @@ pub enum TriggerSource {
     /// Every message on a core NATS subject (wildcards allowed), taken once across
     /// all schedulers (a queue group).
     Nats { subject: String },
+    /// S3-style object events for a bucket (from the object-event subject, the
+    /// gateway webhook, or a bucket watcher), filtered as S3 filters them.
+    S3 {
+        bucket: String,
+        #[serde(default)]
+        prefix: String,
+        #[serde(default)]
+        suffix: String,
+        /// Event-name patterns (`s3:ObjectCreated:*`); empty = every event.
+        #[serde(default)]
+        events: Vec<String>,
+        /// A store to watch for changes (`file://…`, `s3://bucket/prefix`), for
+        /// stores that send no notifications.
+        #[serde(default)]
+        watch: Option<String>,
+    },
+}
+
+/// S3's event-name match: `s3:ObjectCreated:*` covers `ObjectCreated:Put`, …; the
+/// record's name may come with or without the `s3:` prefix.
+pub fn event_name_matches(pattern: &str, name: &str) -> bool {
+    let p = pattern.strip_prefix("s3:").unwrap_or(pattern);
+    let n = name.strip_prefix("s3:").unwrap_or(name);
+    match p.strip_suffix('*') {
+        Some(head) => n.starts_with(head),
+        None => p == n,
+    }
+}
+
+/// Whether an S3 event name pattern is one S3 knows (`s3:ObjectCreated:*`,
+/// `s3:ObjectRemoved:Delete`, …).
+pub fn valid_event_pattern(pattern: &str) -> bool {
+    let Some(rest) = pattern.strip_prefix("s3:") else {
+        return false;
+    };
+    let mut parts = rest.split(':');
+    let family = parts.next().unwrap_or("");
+    let kind = parts.next();
+    parts.next().is_none()
+        && !family.is_empty()
+        && family.bytes().all(|b| b.is_ascii_alphanumeric())
+        && kind.is_none_or(|k| {
+            k == "*" || (!k.is_empty() && k.bytes().all(|b| b.is_ascii_alphanumeric()))
+        })
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -66,6 +110,34 @@ pub fn validate_trigger_subject(subject: &str, prefix: &str) -> Result<(), Trigg
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn event_names() {
+        assert!(event_name_matches(
+            "s3:ObjectCreated:*",
+            "ObjectCreated:Put"
+        ));
+        assert!(event_name_matches(
+            "s3:ObjectCreated:*",
+            "s3:ObjectCreated:CompleteMultipartUpload"
+        ));
+        assert!(!event_name_matches(
+            "s3:ObjectCreated:*",
+            "ObjectRemoved:Delete"
+        ));
+        assert!(event_name_matches(
+            "s3:ObjectRemoved:Delete",
+            "s3:ObjectRemoved:Delete"
+        ));
+        assert!(!event_name_matches(
+            "s3:ObjectRemoved:Delete",
+            "ObjectRemoved:DeleteMarkerCreated"
+        ));
+        assert!(valid_event_pattern("s3:ObjectCreated:*"));
+        assert!(valid_event_pattern("s3:ObjectRemoved:Delete"));
+        assert!(!valid_event_pattern("ObjectCreated:*"));
+        assert!(!valid_event_pattern("s3:Object Created"));
+    }
 
     #[test]
     fn subjects() {

@@ -451,7 +451,7 @@ pub async fn trigger_add(client: &Client, body: Value) -> anyhow::Result<()> {
         "added trigger {} ({} {} -> {})",
         t["id"].as_str().unwrap_or(""),
         t["type"].as_str().unwrap_or(""),
-        t["subject"].as_str().unwrap_or(""),
+        source_of(&t),
         t["function"].as_str().unwrap_or("")
     );
     Ok(())
@@ -474,10 +474,32 @@ pub async fn trigger_list(client: &Client, function: Option<&str>) -> anyhow::Re
             t["id"].as_str().unwrap_or(""),
             t["type"].as_str().unwrap_or(""),
             t["function"].as_str().unwrap_or(""),
-            t["subject"].as_str().unwrap_or(""),
+            source_of(t),
         );
     }
     Ok(())
+}
+
+fn source_of(t: &Value) -> String {
+    match t["type"].as_str() {
+        Some("s3") => {
+            let mut s = format!(
+                "bucket {} prefix {:?} suffix {:?}",
+                t["bucket"].as_str().unwrap_or(""),
+                t["prefix"].as_str().unwrap_or(""),
+                t["suffix"].as_str().unwrap_or("")
+            );
+            if let Some(ev) = t["events"].as_array().filter(|e| !e.is_empty()) {
+                let names: Vec<&str> = ev.iter().filter_map(Value::as_str).collect();
+                s.push_str(&format!(" events {}", names.join(",")));
+            }
+            if let Some(w) = t["watch"].as_str() {
+                s.push_str(&format!(" watching {w}"));
+            }
+            s
+        }
+        _ => t["subject"].as_str().unwrap_or("").to_string(),
+    }
 }
 
 pub async fn trigger_remove(client: &Client, id: &str) -> anyhow::Result<()> {

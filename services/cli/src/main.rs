@@ -226,6 +226,25 @@ enum TriggerCmd {
 
 #[derive(Debug, Subcommand)]
 enum TriggerSource {
+    /// Invoke the function (asynchronously) for each S3-style object event of a
+    /// bucket: from the object-event subject, the gateway webhook
+    /// (POST /nimbus/v1/events/s3), or a watcher of a store that sends none.
+    S3 {
+        #[arg(long)]
+        function: String,
+        #[arg(long)]
+        bucket: String,
+        #[arg(long, default_value = "")]
+        prefix: String,
+        #[arg(long, default_value = "")]
+        suffix: String,
+        /// Comma-separated event names (s3:ObjectCreated:*,s3:ObjectRemoved:*).
+        #[arg(long, value_delimiter = ',')]
+        events: Vec<String>,
+        /// Watch this store for changes (file:///dir, s3://bucket/prefix).
+        #[arg(long)]
+        watch: Option<String>,
+    },
     /// Invoke the function (asynchronously) with each message on a NATS subject.
     Nats {
         #[arg(long)]
@@ -383,6 +402,24 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
                     serde_json::json!({"type": "nats", "function": function, "subject": subject}),
                 )
                 .await?,
+                TriggerCmd::Add {
+                    source:
+                        TriggerSource::S3 {
+                            function,
+                            bucket,
+                            prefix,
+                            suffix,
+                            events,
+                            watch,
+                        },
+                } => {
+                    commands::trigger_add(
+                        &client,
+                        serde_json::json!({"type": "s3", "function": function, "bucket": bucket,
+                        "prefix": prefix, "suffix": suffix, "events": events, "watch": watch}),
+                    )
+                    .await?
+                }
                 TriggerCmd::Ls { function } => {
                     commands::trigger_list(&client, function.as_deref()).await?
                 }

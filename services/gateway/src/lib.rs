@@ -24,6 +24,8 @@ use tokio_util::sync::CancellationToken;
 
 pub struct GatewayConfig {
     pub region: String,
+    /// Subject of S3-style object event notifications (default `<prefix>.events.s3`).
+    pub s3_events_subject: Option<String>,
 }
 
 /// Shared by every handler.
@@ -36,6 +38,7 @@ pub struct AppState {
     pub routes: Arc<KvCache<nimbus_proto::RouteConfig>>,
     pub code: CodeStore,
     pub region: String,
+    pub s3_events_subject: String,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     /// Last heartbeat of each worker, for `GET /nimbus/v1/cluster`.
     pub workers: std::sync::Mutex<
@@ -61,6 +64,10 @@ pub async fn run(
     if metrics::set_global_recorder(recorder).is_err() {
         tracing::debug!("a metrics recorder was already installed");
     }
+    let s3_events_subject = cfg
+        .s3_events_subject
+        .clone()
+        .unwrap_or_else(|| subjects.s3_events());
     let state = Arc::new(AppState {
         nats: nats.clone(),
         js: topology.js,
@@ -70,6 +77,7 @@ pub async fn run(
         routes,
         code,
         region: cfg.region,
+        s3_events_subject,
         metrics,
         workers: Default::default(),
     });

@@ -21,6 +21,10 @@ struct Args {
     /// Region reported in ARNs.
     #[arg(long, env = "NIMBUS_REGION", default_value = "us-east-1")]
     region: String,
+    /// Subject on which S3-style object event notifications are routed; default
+    /// `<prefix>.events.s3`.
+    #[arg(long, env = "NIMBUS_S3_EVENTS_SUBJECT")]
+    s3_events_subject: Option<String>,
     /// Write the bound address to this file once listening (for supervisors and
     /// tests that bind port 0).
     #[arg(long, env = "NIMBUS_ADDR_FILE")]
@@ -61,6 +65,7 @@ async fn main_exec() -> anyhow::Result<()> {
     }
     let cfg = nimbus_gateway::GatewayConfig {
         region: args.region,
+        s3_events_subject: args.s3_events_subject,
     };
     nimbus_gateway::run(cfg, listener, nats, subjects, names, code, shutdown).await
 }

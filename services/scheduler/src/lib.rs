@@ -15,6 +15,7 @@ pub mod cron;
 pub mod destinations;
 pub mod placement;
 pub mod registry;
+pub mod s3_events;
 pub mod sync_invoke;
 pub mod triggers;
 pub mod workers;
@@ -41,6 +42,8 @@ pub struct SchedulerConfig {
     pub region: String,
     /// Schedule instants older than this when due were missed (no scheduler ran).
     pub misfire_grace: Duration,
+    /// Subject of S3-style object event notifications (default `<prefix>.events.s3`).
+    pub s3_events_subject: Option<String>,
 }
 
 pub async fn run(
@@ -95,7 +98,22 @@ pub async fn run(
         subjects: subjects.clone(),
         deliverer: deliverer.clone(),
     });
-    tokio::spawn(runner.run(topology.triggers.clone(), stop.clone()));
+    let trigger_cache =
+        nimbus_common::KvCache::start(topology.triggers.clone(), stop.clone()).await;
+    tokio::spawn(runner.run(trigger_cache.clone(), stop.clone()));
+    let s3 = Arc::new(s3_events::S3Router {
+        deliverer: deliverer.clone(),
+        triggers: trigger_cache,
+    });
+    tokio::spawn(
+        s3.run_subject(
+            nats.clone(),
+            cfg.s3_events_subject
+                .clone()
+                .unwrap_or_else(|| subjects.s3_events()),
+            stop.clone(),
+        ),
+    );
     let cron = Arc::new(cron::CronRunner {
         deliverer: deliverer.clone(),
         subjects: subjects.clone(),

@@ -19,6 +19,10 @@ struct Args {
     /// schedule's misfire policy decides).
     #[arg(long, env = "NIMBUS_MISFIRE_GRACE_MS", default_value_t = 60_000)]
     misfire_grace_ms: u64,
+    /// Subject on which S3-style object event notifications arrive (MinIO's NATS
+    /// target); default `<prefix>.events.s3`.
+    #[arg(long, env = "NIMBUS_S3_EVENTS_SUBJECT")]
+    s3_events_subject: Option<String>,
     /// Region reported in ARNs.
     #[arg(long, env = "NIMBUS_REGION", default_value = "us-east-1")]
     region: String,
@@ -47,6 +51,7 @@ async fn main_exec() -> anyhow::Result<()> {
         retry_delay: Duration::from_millis(args.retry_delay_ms),
         region: args.region,
         misfire_grace: Duration::from_millis(args.misfire_grace_ms),
+        s3_events_subject: args.s3_events_subject,
     };
     nimbus_scheduler::run(cfg, nats, subjects, names, shutdown).await
 }

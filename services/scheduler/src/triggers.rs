@@ -19,7 +19,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::kv;
 use base64::Engine;
 use futures::StreamExt;
 use nimbus_common::KvCache;
@@ -39,9 +38,8 @@ pub struct TriggerRunner {
 }
 
 impl TriggerRunner {
-    /// Mirrors the triggers bucket and keeps one task per trigger running.
-    pub async fn run(self: Arc<Self>, bucket: kv::Store, stop: CancellationToken) {
-        let cache: Arc<KvCache<TriggerConfig>> = KvCache::start(bucket, stop.clone()).await;
+    /// Keeps one task per trigger running, following the triggers bucket's mirror.
+    pub async fn run(self: Arc<Self>, cache: Arc<KvCache<TriggerConfig>>, stop: CancellationToken) {
         let mut changes = cache.subscribe();
         let mut running: HashMap<String, (TriggerConfig, CancellationToken)> = HashMap::new();
         loop {
@@ -78,6 +76,9 @@ impl TriggerRunner {
 
     async fn run_trigger(&self, cfg: TriggerConfig, stop: CancellationToken) {
         match &cfg.source {
+            // Notification-driven: the object-event router matches them; watchers
+            // (for stores without notifications) come with the bucket watcher.
+            TriggerSource::S3 { .. } => stop.cancelled().await,
             TriggerSource::Nats { subject } => {
                 // Resubscribe if the subscription ends (e.g. a reconnect).
                 while !stop.is_cancelled() {

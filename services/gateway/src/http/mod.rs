@@ -112,6 +112,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/fn/{name}", axum::routing::any(web::function_url))
         .route("/fn/{name}/", axum::routing::any(web::function_url))
         .route("/fn/{name}/{*rest}", axum::routing::any(web::function_url))
+        .route("/nimbus/v1/events/s3", post(native::s3_webhook))
         .route("/nimbus/v1/cluster", get(native::cluster))
         .route("/healthz", get(native::healthz))
         .route("/metrics", get(native::metrics))

@@ -160,3 +160,60 @@ pub async fn read_subject(
     }
     Ok(out.into())
 }
+
+/// `POST /nimbus/v1/events/s3`: a webhook for S3-style notifications (MinIO's and
+/// Ceph's webhook targets). Answered once a scheduler has queued the invocations
+/// (200 `{"queued": n}`); a malformed document is a 400 naming the problem; with no
+/// scheduler running, 503 so the sender retries.
+pub async fn s3_webhook(
+    State(state): State<Arc<AppState>>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Body,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let body = super::read_body(
+        body,
+        nimbus_proto::MAX_SYNC_PAYLOAD,
+        ApiError::RequestTooLarge("notification larger than 6 MB".into()),
+    )
+    .await?;
+    let doc: serde_json::Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::InvalidRequestContent(format!("notification is not JSON: {e}")))?;
+    if !doc.get("Records").is_some_and(serde_json::Value::is_array) {
+        return Err(ApiError::InvalidRequestContent(
+            "notification has no Records array".into(),
+        ));
+    }
+    let mut h = async_nats::HeaderMap::new();
+    // Senders retry: the same body (or their request id) queues once.
+    let id = headers
+        .get("x-amz-request-id")
+        .or(headers.get("x-request-id"))
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .unwrap_or_else(|| {
+            use sha2::Digest;
+            format!("{:x}", sha2::Sha256::digest(&body))
+        });
+    h.insert("Nimbus-Event-Id", id.as_str());
+    let request = async_nats::Request::new()
+        .headers(h)
+        .payload(body)
+        .timeout(Some(Duration::from_secs(30)));
+    let reply = state
+        .nats
+        .send_request(state.s3_events_subject.clone(), request)
+        .await
+        .map_err(|e| match e.kind() {
+            async_nats::RequestErrorKind::NoResponders => {
+                ApiError::Unavailable("No scheduler is running to take the event".into())
+            }
+            _ => ApiError::Service(format!("routing the event: {e}")),
+        })?;
+    let answer: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap_or_default();
+    if let Some(err) = answer.get("error").and_then(|e| e.as_str()) {
+        return Err(ApiError::InvalidRequestContent(format!(
+            "notification rejected: {err}"
+        )));
+    }
+    Ok(Json(answer))
+}

@@ -29,6 +29,11 @@ struct NewTrigger {
     kind: String,
     function: String,
     subject: Option<String>,
+    bucket: Option<String>,
+    prefix: Option<String>,
+    suffix: Option<String>,
+    events: Option<Vec<String>>,
+    watch: Option<String>,
 }
 
 fn shape(t: &TriggerConfig) -> Value {
@@ -37,6 +42,20 @@ fn shape(t: &TriggerConfig) -> Value {
         TriggerSource::Nats { subject } => {
             v["type"] = json!("nats");
             v["subject"] = json!(subject);
+        }
+        TriggerSource::S3 {
+            bucket,
+            prefix,
+            suffix,
+            events,
+            watch,
+        } => {
+            v["type"] = json!("s3");
+            v["bucket"] = json!(bucket);
+            v["prefix"] = json!(prefix);
+            v["suffix"] = json!(suffix);
+            v["events"] = json!(events);
+            v["watch"] = json!(watch);
         }
     }
     v
@@ -72,9 +91,44 @@ pub async fn create(
                 .map_err(|e| ApiError::InvalidParameter(e.to_string()))?;
             TriggerSource::Nats { subject }
         }
+        "s3" => {
+            let bucket = req
+                .bucket
+                .filter(|b| !b.is_empty())
+                .ok_or_else(|| ApiError::InvalidParameter("an s3 trigger needs a bucket".into()))?;
+            let valid_bucket = (3..=63).contains(&bucket.len())
+                && bucket.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.'
+                });
+            if !valid_bucket {
+                return Err(ApiError::InvalidParameter(format!(
+                    "bucket {bucket:?} is not a valid bucket name (3-63 of a-z, 0-9, -, .)"
+                )));
+            }
+            let events = req.events.unwrap_or_default();
+            if let Some(bad) = events
+                .iter()
+                .find(|e| !nimbus_proto::trigger::valid_event_pattern(e))
+            {
+                return Err(ApiError::InvalidParameter(format!(
+                    "event {bad:?} is not an S3 event name (e.g. s3:ObjectCreated:*, s3:ObjectRemoved:Delete)"
+                )));
+            }
+            if let Some(w) = &req.watch {
+                nimbus_common::CodeStore::from_url(w)
+                    .map_err(|e| ApiError::InvalidParameter(format!("watch: {e}")))?;
+            }
+            TriggerSource::S3 {
+                bucket,
+                prefix: req.prefix.unwrap_or_default(),
+                suffix: req.suffix.unwrap_or_default(),
+                events,
+                watch: req.watch,
+            }
+        }
         other => {
             return Err(ApiError::InvalidParameter(format!(
-                "trigger type {other:?} is not supported (supported: nats)"
+                "trigger type {other:?} is not supported (supported: nats, s3)"
             )));
         }
     };
