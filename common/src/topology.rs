@@ -13,6 +13,8 @@ pub struct Topology {
     pub triggers: kv::Store,
     pub schedules: kv::Store,
     pub routes: kv::Store,
+    pub leases: kv::Store,
+    pub watch_state: kv::Store,
     pub schedule_state: kv::Store,
     pub async_stream: stream::Stream,
 }
@@ -43,6 +45,13 @@ pub async fn ensure(
     let triggers = bucket(&js, names.triggers_bucket(), "Nimbus event triggers").await?;
     let schedules = bucket(&js, names.schedules_bucket(), "Nimbus schedules").await?;
     let routes = bucket(&js, names.routes_bucket(), "Nimbus HTTP routes").await?;
+    let leases = bucket(&js, names.leases_bucket(), "Nimbus leases").await?;
+    let watch_state = bucket(
+        &js,
+        names.watch_state_bucket(),
+        "Nimbus bucket watcher state",
+    )
+    .await?;
     let schedule_state = bucket(
         &js,
         names.schedule_state_bucket(),
@@ -94,6 +103,8 @@ pub async fn ensure(
         triggers,
         schedules,
         routes,
+        leases,
+        watch_state,
         schedule_state,
         async_stream,
     })

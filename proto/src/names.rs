@@ -31,6 +31,16 @@ impl Names {
         format!("{}_SCHEDULE_STATE", self.upper)
     }
 
+    /// KV bucket of leases for singleton tasks (bucket watchers).
+    pub fn leases_bucket(&self) -> String {
+        format!("{}_LEASES", self.upper)
+    }
+
+    /// KV bucket of what each bucket watcher saw last.
+    pub fn watch_state_bucket(&self) -> String {
+        format!("{}_WATCH_STATE", self.upper)
+    }
+
     /// KV bucket of HTTP routes, keyed by route id.
     pub fn routes_bucket(&self) -> String {
         format!("{}_ROUTES", self.upper)

@@ -156,3 +156,29 @@ mod tests {
         assert!(validate_trigger_subject("a b", "nimbus").is_err());
     }
 }
+
+/// A lease in the leases KV bucket: who runs a singleton task (a bucket watcher)
+/// until when. Taken and renewed with compare-and-set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    #[serde(default = "current_version")]
+    pub v: u16,
+    pub holder: String,
+    pub expires_ms: u64,
+}
+versioned!(Lease);
+
+/// What a bucket watcher saw last: object key → version.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatchState {
+    #[serde(default = "current_version")]
+    pub v: u16,
+    pub objects: std::collections::BTreeMap<String, ObjectVersion>,
+}
+versioned!(WatchState);
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectVersion {
+    pub etag: String,
+    pub size: u64,
+}

@@ -636,3 +636,48 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Credentials of the in-process S3 server.
+pub const S3_ACCESS_KEY: &str = "nimbus-test-key";
+pub const S3_SECRET_KEY: &str = "nimbus-test-secret";
+
+/// Serves S3 (s3s with its filesystem backend) on 127.0.0.1 from `root` (buckets are
+/// its subdirectories) inside this test process; returns the endpoint URL.
+pub async fn start_s3(root: &Path) -> String {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let fs = s3s_fs::FileSystem::new(root).expect("s3s-fs");
+    let mut builder = s3s::service::S3ServiceBuilder::new(fs);
+    builder.set_auth(s3s::auth::SimpleAuth::from_single(
+        S3_ACCESS_KEY,
+        S3_SECRET_KEY,
+    ));
+    let service = builder.build();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        loop {
+            let Ok((socket, _)) = listener.accept().await else {
+                break;
+            };
+            let service = service.clone();
+            tokio::spawn(async move {
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(socket), service)
+                    .await;
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+/// Environment that points services at the in-process S3 server.
+pub fn s3_env(endpoint: &str) -> Vec<(String, String)> {
+    vec![
+        ("AWS_ACCESS_KEY_ID".into(), S3_ACCESS_KEY.into()),
+        ("AWS_SECRET_ACCESS_KEY".into(), S3_SECRET_KEY.into()),
+        ("AWS_REGION".into(), "us-east-1".into()),
+        ("AWS_ENDPOINT_URL".into(), endpoint.into()),
+    ]
+}

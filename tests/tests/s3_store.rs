@@ -5,36 +5,8 @@
 use std::time::Duration;
 
 use base64::Engine;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use nimbus_tests::*;
 use serde_json::json;
-
-const ACCESS_KEY: &str = "nimbus-test-key";
-const SECRET_KEY: &str = "nimbus-test-secret";
-
-/// Serves S3 on 127.0.0.1 from `root` (buckets are its subdirectories).
-async fn start_s3(root: &std::path::Path) -> String {
-    let fs = s3s_fs::FileSystem::new(root).expect("s3s-fs");
-    let mut builder = s3s::service::S3ServiceBuilder::new(fs);
-    builder.set_auth(s3s::auth::SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
-    let service = builder.build();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((socket, _)) = listener.accept().await else {
-                break;
-            };
-            let service = service.clone();
-            tokio::spawn(async move {
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(socket), service)
-                    .await;
-            });
-        }
-    });
-    format!("http://{addr}")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_code_store() {
@@ -44,12 +16,7 @@ async fn s3_code_store() {
     let endpoint = start_s3(root.path()).await;
     let cluster = Cluster::start(ClusterOpts {
         code_store: Some("s3://code/nimbus".into()),
-        env: vec![
-            ("AWS_ACCESS_KEY_ID".into(), ACCESS_KEY.into()),
-            ("AWS_SECRET_ACCESS_KEY".into(), SECRET_KEY.into()),
-            ("AWS_REGION".into(), "us-east-1".into()),
-            ("AWS_ENDPOINT_URL".into(), endpoint.clone()),
-        ],
+        env: s3_env(&endpoint),
         ..Default::default()
     })
     .await;

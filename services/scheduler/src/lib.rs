@@ -18,6 +18,7 @@ pub mod registry;
 pub mod s3_events;
 pub mod sync_invoke;
 pub mod triggers;
+pub mod watcher;
 pub mod workers;
 
 use std::sync::Arc;
@@ -44,6 +45,8 @@ pub struct SchedulerConfig {
     pub misfire_grace: Duration,
     /// Subject of S3-style object event notifications (default `<prefix>.events.s3`).
     pub s3_events_subject: Option<String>,
+    /// How often bucket watchers list their stores.
+    pub watch_interval: Duration,
 }
 
 pub async fn run(
@@ -103,8 +106,17 @@ pub async fn run(
     tokio::spawn(runner.run(trigger_cache.clone(), stop.clone()));
     let s3 = Arc::new(s3_events::S3Router {
         deliverer: deliverer.clone(),
-        triggers: trigger_cache,
+        triggers: trigger_cache.clone(),
     });
+    let watchers = Arc::new(watcher::Watchers {
+        router: s3.clone(),
+        leases: topology.leases.clone(),
+        state: topology.watch_state.clone(),
+        holder: format!("scheduler-{}", uuid::Uuid::new_v4().simple()),
+        interval: cfg.watch_interval,
+        region: cfg.region.clone(),
+    });
+    tokio::spawn(watchers.run(trigger_cache.clone(), stop.clone()));
     tokio::spawn(
         s3.run_subject(
             nats.clone(),

@@ -23,6 +23,9 @@ struct Args {
     /// target); default `<prefix>.events.s3`.
     #[arg(long, env = "NIMBUS_S3_EVENTS_SUBJECT")]
     s3_events_subject: Option<String>,
+    /// Milliseconds between listings of a watched bucket.
+    #[arg(long, env = "NIMBUS_WATCH_INTERVAL_MS", default_value_t = 5_000)]
+    watch_interval_ms: u64,
     /// Region reported in ARNs.
     #[arg(long, env = "NIMBUS_REGION", default_value = "us-east-1")]
     region: String,
@@ -52,6 +55,7 @@ async fn main_exec() -> anyhow::Result<()> {
         region: args.region,
         misfire_grace: Duration::from_millis(args.misfire_grace_ms),
         s3_events_subject: args.s3_events_subject,
+        watch_interval: Duration::from_millis(args.watch_interval_ms.max(100)),
     };
     nimbus_scheduler::run(cfg, nats, subjects, names, shutdown).await
 }
