@@ -26,6 +26,13 @@ pub enum TriggerSource {
     /// Every message on a core NATS subject (wildcards allowed), taken once across
     /// all schedulers (a queue group).
     Nats { subject: String },
+    /// A JetStream stream, consumed durably (consumer `nimbus-trigger-<id>`) in
+    /// batches; each batch is one invocation with `{"Records":[…]}`.
+    Stream {
+        stream: String,
+        batch_size: u32,
+        batch_window_ms: u64,
+    },
     /// S3-style object events for a bucket (from the object-event subject, the
     /// gateway webhook, or a bucket watcher), filtered as S3 filters them.
     S3 {

@@ -205,3 +205,112 @@ async fn nats_trigger_invokes_once_per_message() {
     assert!(!ok && out.contains("ResourceNotFoundException"), "{out}");
     cluster.stop();
 }
+
+#[tokio::test]
+async fn stream_trigger_delivers_batches_at_least_once() {
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start(ClusterOpts {
+        extra_schedulers: 1,
+        ..Default::default()
+    })
+    .await;
+    let mark = cluster.data.path().join("batches.jsonl");
+    cluster
+        .create_function(
+            "batcher",
+            "python3.12",
+            "app.record_event",
+            &python_zip(),
+            json!({"Environment": {"Variables": {"MARK_FILE": mark.to_str().unwrap()}}}),
+        )
+        .await;
+    let nc = cluster.nats_client().await;
+    let js = async_nats::jetstream::new(nc.clone());
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "ORDERS".into(),
+        subjects: vec!["shop.orders.>".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    // Published before the trigger exists: a durable consumer still delivers them.
+    for i in 0..7 {
+        js.publish(
+            format!("shop.orders.{i}"),
+            serde_json::to_vec(&json!({"n": i})).unwrap().into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    }
+    let ep = cluster.endpoint.clone();
+    let (ok, out) = nimbus(
+        &ep,
+        &[
+            "trigger",
+            "add",
+            "stream",
+            "--function",
+            "batcher",
+            "--stream",
+            "NOPE",
+        ],
+    );
+    assert!(!ok && out.contains("does not exist"), "{out}");
+    let (ok, out) = nimbus(
+        &ep,
+        &[
+            "trigger",
+            "add",
+            "stream",
+            "--function",
+            "batcher",
+            "--stream",
+            "ORDERS",
+            "--batch-size",
+            "5",
+            "--batch-window",
+            "300ms",
+        ],
+    );
+    assert!(ok, "{out}");
+    for i in 7..12 {
+        js.publish(
+            format!("shop.orders.{i}"),
+            serde_json::to_vec(&json!({"n": i})).unwrap().into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    }
+    let batches = eventually(Duration::from_secs(30), "12 records in batches", || async {
+        let b = records(&mark);
+        let n: usize = b
+            .iter()
+            .map(|e| e["Records"].as_array().map_or(0, Vec::len))
+            .sum();
+        (n >= 12).then_some(b)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut seen: Vec<i64> = records(&mark)
+        .iter()
+        .flat_map(|b| b["Records"].as_array().cloned().unwrap_or_default())
+        .map(|r| r["data"]["n"].as_i64().unwrap())
+        .collect();
+    seen.sort();
+    assert_eq!(seen, (0..12).collect::<Vec<_>>(), "each message once");
+    for b in &batches {
+        let recs = b["Records"].as_array().unwrap();
+        assert!(
+            !recs.is_empty() && recs.len() <= 5,
+            "batch of {}",
+            recs.len()
+        );
+        assert_eq!(recs[0]["stream"], "ORDERS");
+        assert!(recs[0]["sequence"].as_u64().unwrap() >= 1);
+    }
+    cluster.stop();
+}

@@ -498,6 +498,12 @@ fn source_of(t: &Value) -> String {
             }
             s
         }
+        Some("stream") => format!(
+            "stream {} batches of {} / {} ms",
+            t["stream"].as_str().unwrap_or(""),
+            t["batchSize"],
+            t["batchWindowMs"]
+        ),
         _ => t["subject"].as_str().unwrap_or("").to_string(),
     }
 }

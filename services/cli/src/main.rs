@@ -226,6 +226,18 @@ enum TriggerCmd {
 
 #[derive(Debug, Subcommand)]
 enum TriggerSource {
+    /// Consume a JetStream stream durably, invoking the function with batches.
+    Stream {
+        #[arg(long)]
+        function: String,
+        #[arg(long)]
+        stream: String,
+        #[arg(long, default_value_t = 10)]
+        batch_size: u32,
+        /// How long to gather a batch, e.g. 500ms, 2s.
+        #[arg(long, default_value = "1s", value_parser = parse_duration_ms)]
+        batch_window: u64,
+    },
     /// Invoke the function (asynchronously) for each S3-style object event of a
     /// bucket: from the object-event subject, the gateway webhook
     /// (POST /nimbus/v1/events/s3), or a watcher of a store that sends none.
@@ -265,6 +277,22 @@ enum DlqCmd {
     Redrive { name: String },
     /// Delete a function's dead letters.
     Purge { name: String },
+}
+
+fn parse_duration_ms(s: &str) -> Result<u64, String> {
+    let (num, mult) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 1)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1000)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 60_000)
+    } else {
+        (s, 1)
+    };
+    num.trim()
+        .parse::<u64>()
+        .map(|n| n * mult)
+        .map_err(|_| format!("{s:?} is not a duration (500ms, 2s, 1m)"))
 }
 
 fn parse_kv(s: &str) -> Result<(String, String), String> {
@@ -417,6 +445,22 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
                         &client,
                         serde_json::json!({"type": "s3", "function": function, "bucket": bucket,
                         "prefix": prefix, "suffix": suffix, "events": events, "watch": watch}),
+                    )
+                    .await?
+                }
+                TriggerCmd::Add {
+                    source:
+                        TriggerSource::Stream {
+                            function,
+                            stream,
+                            batch_size,
+                            batch_window,
+                        },
+                } => {
+                    commands::trigger_add(
+                        &client,
+                        serde_json::json!({"type": "stream", "function": function, "stream": stream,
+                        "batch_size": batch_size, "batch_window_ms": batch_window}),
                     )
                     .await?
                 }

@@ -79,6 +79,24 @@ impl TriggerRunner {
             // Notification-driven: the object-event router matches them; watchers
             // (for stores without notifications) come with the bucket watcher.
             TriggerSource::S3 { .. } => stop.cancelled().await,
+            TriggerSource::Stream {
+                stream,
+                batch_size,
+                batch_window_ms,
+            } => {
+                while !stop.is_cancelled() {
+                    if let Err(e) = self
+                        .stream_trigger(&cfg, stream, *batch_size, *batch_window_ms, &stop)
+                        .await
+                    {
+                        tracing::warn!(trigger = %cfg.id, %stream, error = %e, "stream trigger failed; restarting");
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = stop.cancelled() => {}
+                    }
+                }
+            }
             TriggerSource::Nats { subject } => {
                 // Resubscribe if the subscription ends (e.g. a reconnect).
                 while !stop.is_cancelled() {
@@ -145,6 +163,113 @@ impl TriggerRunner {
             }
         }
         let _ = sub.unsubscribe().await;
+        Ok(())
+    }
+}
+
+impl TriggerRunner {
+    /// Consumes a stream durably in batches: each batch is queued as one invocation
+    /// (acknowledged by JetStream, deduplicated by its sequence range) before its
+    /// messages are acked, so nothing is lost and a redelivered batch queues once
+    /// (within the duplicate window).
+    async fn stream_trigger(
+        &self,
+        cfg: &TriggerConfig,
+        stream: &str,
+        batch_size: u32,
+        window_ms: u64,
+        stop: &CancellationToken,
+    ) -> anyhow::Result<()> {
+        use async_nats::jetstream::consumer;
+        let js = self.deliverer.js.clone();
+        let consumer: consumer::PullConsumer = js
+            .get_stream(stream)
+            .await?
+            .get_or_create_consumer(
+                &format!("nimbus-trigger-{}", cfg.id),
+                consumer::pull::Config {
+                    durable_name: Some(format!("nimbus-trigger-{}", cfg.id)),
+                    description: Some(format!("Nimbus trigger {} -> {}", cfg.id, cfg.function)),
+                    ack_policy: consumer::AckPolicy::Explicit,
+                    ack_wait: Duration::from_secs(60),
+                    max_ack_pending: 10_000,
+                    ..Default::default()
+                },
+            )
+            .await?;
+        tracing::info!(trigger = %cfg.id, function = %cfg.function, %stream, "stream trigger running");
+        while !stop.is_cancelled() {
+            let mut batch = consumer
+                .batch()
+                .max_messages(batch_size as usize)
+                .expires(Duration::from_millis(window_ms.max(100)))
+                .messages()
+                .await?;
+            let mut msgs = Vec::new();
+            loop {
+                let next = tokio::select! {
+                    m = batch.next() => m,
+                    _ = stop.cancelled() => return Ok(()),
+                };
+                match next {
+                    Some(Ok(m)) => msgs.push(m),
+                    Some(Err(e)) => {
+                        tracing::debug!(error = %e, "batch ended");
+                        break;
+                    }
+                    None => break,
+                }
+            }
+            if msgs.is_empty() {
+                continue;
+            }
+            let mut records = Vec::with_capacity(msgs.len());
+            let (mut first, mut last) = (u64::MAX, 0);
+            for m in &msgs {
+                let info = m.info().map_err(|e| anyhow::anyhow!("{e}"))?;
+                first = first.min(info.stream_sequence);
+                last = last.max(info.stream_sequence);
+                let mut rec = envelope(&cfg.id, &m.message);
+                rec["source"] = json!("nimbus:jetstream");
+                rec["stream"] = json!(stream);
+                rec["sequence"] = json!(info.stream_sequence);
+                rec["timestamp"] = json!(info.published.unix_timestamp_nanos() / 1_000_000);
+                records.push(rec);
+            }
+            let payload = bytes::Bytes::from(
+                serde_json::to_vec(&json!({ "Records": records })).unwrap_or_default(),
+            );
+            if payload.len() > MAX_ASYNC_PAYLOAD {
+                tracing::warn!(trigger = %cfg.id, size = payload.len(), "batch larger than 1 MB; lower --batch-size. Left unacknowledged");
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                continue;
+            }
+            let request_id = uuid::Uuid::now_v7().to_string();
+            let inv = AsyncInvocation {
+                v: WIRE_VERSION,
+                request_id,
+                function: cfg.function.clone(),
+                min_revision: 0,
+                payload,
+                enqueued_at_ms: now_ms(),
+                attempt: 0,
+                not_before_ms: 0,
+            };
+            let target = self.subjects.async_invoke(&cfg.function)?;
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert(
+                "Nats-Msg-Id",
+                format!("stream:{}:{first}-{last}", cfg.id).as_str(),
+            );
+            self.deliverer
+                .js_publish(target, headers, encode(&inv))
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            for m in &msgs {
+                let _ = m.double_ack().await;
+            }
+            tracing::debug!(trigger = %cfg.id, records = msgs.len(), first, last, "stream batch queued");
+        }
         Ok(())
     }
 }

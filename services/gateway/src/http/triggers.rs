@@ -34,6 +34,9 @@ struct NewTrigger {
     suffix: Option<String>,
     events: Option<Vec<String>>,
     watch: Option<String>,
+    stream: Option<String>,
+    batch_size: Option<u32>,
+    batch_window_ms: Option<u64>,
 }
 
 fn shape(t: &TriggerConfig) -> Value {
@@ -42,6 +45,16 @@ fn shape(t: &TriggerConfig) -> Value {
         TriggerSource::Nats { subject } => {
             v["type"] = json!("nats");
             v["subject"] = json!(subject);
+        }
+        TriggerSource::Stream {
+            stream,
+            batch_size,
+            batch_window_ms,
+        } => {
+            v["type"] = json!("stream");
+            v["stream"] = json!(stream);
+            v["batchSize"] = json!(batch_size);
+            v["batchWindowMs"] = json!(batch_window_ms);
         }
         TriggerSource::S3 {
             bucket,
@@ -91,6 +104,33 @@ pub async fn create(
                 .map_err(|e| ApiError::InvalidParameter(e.to_string()))?;
             TriggerSource::Nats { subject }
         }
+        "stream" => {
+            let stream = req.stream.ok_or_else(|| {
+                ApiError::InvalidParameter("a stream trigger needs a stream".into())
+            })?;
+            if state.js.get_stream(&stream).await.is_err() {
+                return Err(ApiError::InvalidParameter(format!(
+                    "stream {stream:?} does not exist"
+                )));
+            }
+            let batch_size = req.batch_size.unwrap_or(10);
+            if !(1..=10_000).contains(&batch_size) {
+                return Err(ApiError::InvalidParameter(
+                    "batch size must be 1-10000".into(),
+                ));
+            }
+            let batch_window_ms = req.batch_window_ms.unwrap_or(1000);
+            if !(100..=300_000).contains(&batch_window_ms) {
+                return Err(ApiError::InvalidParameter(
+                    "batch window must be 100 ms - 300 s".into(),
+                ));
+            }
+            TriggerSource::Stream {
+                stream,
+                batch_size,
+                batch_window_ms,
+            }
+        }
         "s3" => {
             let bucket = req
                 .bucket
@@ -128,7 +168,7 @@ pub async fn create(
         }
         other => {
             return Err(ApiError::InvalidParameter(format!(
-                "trigger type {other:?} is not supported (supported: nats, s3)"
+                "trigger type {other:?} is not supported (supported: nats, s3, stream)"
             )));
         }
     };
@@ -194,6 +234,13 @@ pub async fn delete(
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
     {
         return Err(ApiError::NotFound(format!("No trigger {id}")));
+    }
+    if let Ok(Some(e)) = kv.entry(&id).await
+        && let Ok(t) = decode::<TriggerConfig>(&e.value)
+        && let TriggerSource::Stream { stream, .. } = &t.source
+        && let Ok(st) = state.js.get_stream(stream).await
+    {
+        let _ = st.delete_consumer(&format!("nimbus-trigger-{id}")).await;
     }
     kv.delete(&id)
         .await
