@@ -126,6 +126,9 @@ pub struct InvokeReply {
     #[serde(default = "latest")]
     pub executed_version: String,
     pub outcome: InvokeOutcome,
+    /// Set when this invocation started a new instance: its init time in microseconds.
+    #[serde(default)]
+    pub init_duration_us: Option<u64>,
 }
 versioned!(InvokeReply);
 
@@ -140,6 +143,7 @@ impl InvokeReply {
             request_id: request_id.into(),
             executed_version: latest(),
             outcome: InvokeOutcome::Failed(err),
+            init_duration_us: None,
         }
     }
 }

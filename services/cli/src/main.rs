@@ -1,5 +1,6 @@
 //! `nimbus`: the command line. Talks to the gateway over HTTP only.
 
+mod bench;
 mod client;
 mod commands;
 mod package;
@@ -81,6 +82,26 @@ enum Cmd {
         /// Print the invocation's log tail to stderr.
         #[arg(long)]
         log: bool,
+    },
+    /// Load-test a function through the gateway.
+    Bench {
+        function: String,
+        #[arg(long, short = 'c', default_value_t = 10)]
+        concurrency: u32,
+        /// How long to run (e.g. 10s, 500ms); default 10s unless --requests is given.
+        #[arg(long, value_parser = parse_duration_ms)]
+        duration: Option<u64>,
+        /// Stop after this many requests.
+        #[arg(long, short = 'n')]
+        requests: Option<u64>,
+        #[arg(long, default_value = "{}")]
+        payload: String,
+        /// Event invocations (measures acceptance).
+        #[arg(long = "async")]
+        asynchronous: bool,
+        /// `text` or `json`.
+        #[arg(long, default_value = "text")]
+        output: String,
     },
     /// List functions.
     Ls,
@@ -367,6 +388,44 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         } => {
             let payload = commands::read_payload(payload, payload_file)?;
             return commands::invoke(&client, &name, payload, asynchronous, log).await;
+        }
+        Cmd::Bench {
+            function,
+            concurrency,
+            duration,
+            requests,
+            payload,
+            asynchronous,
+            output,
+        } => {
+            let json = match output.as_str() {
+                "json" => true,
+                "text" => false,
+                other => anyhow::bail!("--output {other:?}: use text or json"),
+            };
+            let duration = match (duration, requests) {
+                (Some(ms), _) => Some(std::time::Duration::from_millis(ms)),
+                (None, None) => Some(std::time::Duration::from_secs(10)),
+                (None, Some(_)) => None,
+            };
+            let report = bench::run(
+                &client,
+                bench::BenchArgs {
+                    function,
+                    concurrency,
+                    duration,
+                    requests,
+                    payload: payload.into_bytes(),
+                    asynchronous,
+                    json,
+                },
+            )
+            .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                bench::print_text(&report);
+            }
         }
         Cmd::Ls => commands::list(&client).await?,
         Cmd::Status => commands::status(&client).await?,

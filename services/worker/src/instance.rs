@@ -58,6 +58,8 @@ pub struct Finished {
     pub log: String,
     /// The instance can serve the next invocation.
     pub reusable: bool,
+    /// Init time, when this invocation was the instance's first.
+    pub init_duration_us: Option<u64>,
 }
 
 /// Captured stdout+stderr of an instance (one pipe, so their order is kept).
@@ -333,6 +335,9 @@ impl Instance {
             outcome,
             log,
             reusable: reusable && !*self.exited.borrow(),
+            init_duration_us: cold
+                .then(|| self.init.map(|d| d.as_micros() as u64))
+                .flatten(),
         }
     }
 

@@ -291,6 +291,7 @@ impl Worker {
             request_id,
             executed_version: "$LATEST".into(),
             outcome,
+            init_duration_us: finished.init_duration_us,
         }
     }
 
@@ -334,6 +335,7 @@ impl Worker {
                             payload: serde_json::to_vec(&doc).unwrap_or_default().into(),
                             log_tail: None,
                         },
+                        init_duration_us: None,
                     }
                 }
                 other => InvokeReply::failed(

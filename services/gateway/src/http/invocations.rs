@@ -162,6 +162,7 @@ pub async fn invoke_sync(
 }
 
 fn respond(reply: InvokeReply) -> Result<Response, ApiError> {
+    let init_duration = reply.init_duration_us;
     let (payload, log_tail, function_error) = match reply.outcome {
         InvokeOutcome::Success { payload, log_tail } => (payload, log_tail, false),
         InvokeOutcome::FunctionError { payload, log_tail } => (payload, log_tail, true),
@@ -182,6 +183,14 @@ fn respond(reply: InvokeReply) -> Result<Response, ApiError> {
     set(&mut resp, "X-Amz-Executed-Version", &reply.executed_version);
     if function_error {
         set(&mut resp, "X-Amz-Function-Error", "Unhandled");
+    }
+    if let Some(init) = init_duration {
+        // Not Lambda's: tells load generators (nimbus bench) a call was a cold start.
+        set(
+            &mut resp,
+            "X-Nimbus-Init-Duration-Ms",
+            &format!("{:.2}", init as f64 / 1000.0),
+        );
     }
     if let Some(tail) = log_tail {
         let b64 = base64::engine::general_purpose::STANDARD.encode(tail.as_bytes());
