@@ -1,0 +1,571 @@
+//! The platform benchmark: starts a local cluster (release binaries) and measures, in
+//! one run, the machine's floors next to Nimbus's figures, so every figure can be read
+//! as a ratio against a baseline taken on the same noisy machine at the same time.
+//!
+//! Floors: an HTTP keep-alive round trip on loopback; NATS request/reply through the
+//! legs of a synchronous invocation (client → A → B → client, trivial responders);
+//! a bare process start (native no-op, `python3 -I -S -c pass`).
+//! Nimbus: warm sync invokes (native `provided` function built with lambda_runtime,
+//! Python no-op) at concurrency 1 and 32; cold starts; Event throughput end to end;
+//! service memory idle and under load.
+//!
+//! `./scripts/bench` builds and runs it; it prints a markdown table and writes JSON
+//! (`--out FILE`, default `target/platform-bench.json`).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use hdrhistogram::Histogram;
+use nimbus_tests::*;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+type Hist = Histogram<u64>;
+
+fn hist() -> Hist {
+    Histogram::new_with_bounds(1, 600_000_000, 3).expect("histogram")
+}
+
+#[derive(Debug, Clone)]
+struct Stats {
+    p50_ms: f64,
+    p99_ms: f64,
+    rps: f64,
+    n: u64,
+}
+
+fn stats(h: &Hist, elapsed: Duration) -> Stats {
+    Stats {
+        p50_ms: h.value_at_quantile(0.5) as f64 / 1000.0,
+        p99_ms: h.value_at_quantile(0.99) as f64 / 1000.0,
+        rps: h.len() as f64 / elapsed.as_secs_f64(),
+        n: h.len(),
+    }
+}
+
+/// Runs `op` with `concurrency` workers for `n` operations in all.
+async fn load<F, Fut>(concurrency: usize, n: usize, op: F) -> Stats
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let op = Arc::new(op);
+    let left = Arc::new(std::sync::atomic::AtomicUsize::new(n));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (op, left) = (op.clone(), left.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut h = hist();
+            let mut failures = 0u64;
+            while left
+                .fetch_update(
+                    std::sync::atomic::Ordering::SeqCst,
+                    std::sync::atomic::Ordering::SeqCst,
+                    |l| l.checked_sub(1),
+                )
+                .is_ok()
+            {
+                let t = Instant::now();
+                if op().await {
+                    let _ = h.record(t.elapsed().as_micros().max(1) as u64);
+                } else {
+                    failures += 1;
+                }
+            }
+            (h, failures)
+        }));
+    }
+    let mut all = hist();
+    let mut failures = 0;
+    for t in tasks {
+        let (h, f) = t.await.expect("task");
+        all.add(&h).expect("bounds");
+        failures += f;
+    }
+    assert_eq!(failures, 0, "operations failed during the benchmark");
+    stats(&all, started.elapsed())
+}
+
+/// A minimal HTTP/1.1 keep-alive server: the loopback floor.
+async fn http_floor_server() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut sock, _)) = listener.accept().await else {
+                break;
+            };
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 16384];
+                let mut have = 0;
+                while let Ok(n) = sock.read(&mut buf[have..]).await {
+                    if n == 0 {
+                        break;
+                    }
+                    have += n;
+                    while let Some(end) = buf[..have].windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                        let body_len: usize = head
+                            .lines()
+                            .find_map(|l| {
+                                l.strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse().unwrap_or(0))
+                            })
+                            .unwrap_or(0);
+                        let total = end + 4 + body_len;
+                        if have < total {
+                            break;
+                        }
+                        buf.copy_within(total..have, 0);
+                        have -= total;
+                        if sock
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}")
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    format!("http://{addr}/")
+}
+
+#[derive(Default)]
+struct Out {
+    rows: Vec<(String, String, String, String)>,
+    report: serde_json::Map<String, Value>,
+}
+
+impl Out {
+    fn rec(&mut self, key: &str, what: &str, s: &Stats, floor: Option<&Stats>) {
+        let ratio = floor
+            .map(|f| format!("{:.2}× / {:.2}×", s.p50_ms / f.p50_ms, s.p99_ms / f.p99_ms))
+            .unwrap_or_default();
+        self.rows.push((
+            what.to_string(),
+            format!("{:.3} / {:.3}", s.p50_ms, s.p99_ms),
+            format!("{:.0}", s.rps),
+            ratio,
+        ));
+        self.report.insert(
+            key.into(),
+            json!({"p50_ms": s.p50_ms, "p99_ms": s.p99_ms, "rps": s.rps, "n": s.n}),
+        );
+    }
+}
+
+fn rss_mb(pid: Option<u32>) -> f64 {
+    let Some(pid) = pid else { return 0.0 };
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:").map(str::to_string))
+        })
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+fn real_python() -> std::path::PathBuf {
+    for p in ["/usr/bin/python3", "/usr/local/bin/python3"] {
+        if std::path::Path::new(p).is_file() {
+            return std::fs::canonicalize(p).unwrap();
+        }
+    }
+    "python3".into()
+}
+
+async fn spawn_floor(program: &std::path::Path, args: &[&str], n: usize) -> Stats {
+    let mut h = hist();
+    let started = Instant::now();
+    for _ in 0..n {
+        let t = Instant::now();
+        let ok = tokio::process::Command::new(program)
+            .args(args)
+            .status()
+            .await
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok, "{} failed", program.display());
+        let _ = h.record(t.elapsed().as_micros().max(1) as u64);
+    }
+    stats(&h, started.elapsed())
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let out_path = args
+        .iter()
+        .position(|a| a == "--out")
+        .and_then(|i| args.get(i + 1).cloned())
+        .unwrap_or_else(|| {
+            workspace_root()
+                .join("target/platform-bench.json")
+                .display()
+                .to_string()
+        });
+    let quick = args.iter().any(|a| a == "--quick");
+    let scale = if quick { 10 } else { 1 };
+    eprintln!("starting a local cluster from {}", bin_dir().display());
+    let cluster = Cluster::start(ClusterOpts {
+        slots: 64,
+        ..Default::default()
+    })
+    .await;
+    let nc = cluster.nats_client().await;
+    let mut out = Out::default();
+
+    // ---- floors ----
+    let url = http_floor_server().await;
+    let client = reqwest::Client::new();
+    let http1 = {
+        let (c, u) = (client.clone(), url.clone());
+        load(1, 2000 / scale, move || {
+            let (c, u) = (c.clone(), u.clone());
+            async move {
+                c.post(&u)
+                    .body("{}")
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success())
+            }
+        })
+        .await
+    };
+    out.rec(
+        "floor_http_c1",
+        "floor: HTTP keep-alive round trip, c=1",
+        &http1,
+        None,
+    );
+    let http32 = {
+        let u = url.clone();
+        load(32, 20000 / scale, move || {
+            let u = u.clone();
+            async move {
+                reqwest::Client::new()
+                    .post(&u)
+                    .body("{}")
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success())
+            }
+        })
+        .await
+    };
+    let _ = http32;
+    // NATS legs: client → a → b → client.
+    let mut a = nc.subscribe("bench.floor.a").await.unwrap();
+    let mut b = nc.subscribe("bench.floor.b").await.unwrap();
+    let nca = nc.clone();
+    tokio::spawn(async move {
+        while let Some(m) = a.next().await {
+            if let Some(reply) = m.reply {
+                let _ = nca
+                    .publish_with_reply("bench.floor.b", reply, m.payload)
+                    .await;
+            }
+        }
+    });
+    let ncb = nc.clone();
+    tokio::spawn(async move {
+        while let Some(m) = b.next().await {
+            if let Some(reply) = m.reply {
+                let _ = ncb.publish(reply, m.payload).await;
+            }
+        }
+    });
+    nc.flush().await.unwrap();
+    let nats1 = {
+        let nc = nc.clone();
+        load(1, 2000 / scale, move || {
+            let nc = nc.clone();
+            async move { nc.request("bench.floor.a", "{}".into()).await.is_ok() }
+        })
+        .await
+    };
+    let nats32 = {
+        let nc = nc.clone();
+        load(32, 20000 / scale, move || {
+            let nc = nc.clone();
+            async move { nc.request("bench.floor.a", "{}".into()).await.is_ok() }
+        })
+        .await
+    };
+    let floor1 = Stats {
+        p50_ms: http1.p50_ms + nats1.p50_ms,
+        p99_ms: http1.p99_ms + nats1.p99_ms,
+        rps: 0.0,
+        n: 0,
+    };
+    out.rec(
+        "floor_nats_c1",
+        "floor: NATS request/reply over the invoke legs, c=1",
+        &nats1,
+        None,
+    );
+    out.rec("floor_nats_c32", "floor: NATS legs, c=32", &nats32, None);
+    out.rec(
+        "floor_warm_c1",
+        "floor: HTTP + NATS legs (a warm invocation's floor), c=1",
+        &floor1,
+        None,
+    );
+    let py = real_python();
+    let spawn_native = spawn_floor(std::path::Path::new("/bin/true"), &[], 50 / scale.min(5)).await;
+    let spawn_py = spawn_floor(&py, &["-I", "-S", "-c", "pass"], 30 / scale.min(5)).await;
+    out.rec(
+        "floor_spawn_native",
+        "floor: spawn + exit of a native no-op",
+        &spawn_native,
+        None,
+    );
+    out.rec(
+        "floor_spawn_python",
+        "floor: python3 -I -S -c pass",
+        &spawn_py,
+        None,
+    );
+
+    // ---- Nimbus ----
+    let idle = json!({
+        "gateway_mb": rss_mb(cluster.gateway.pid()),
+        "scheduler_mb": rss_mb(cluster.scheduler.pid()),
+        "worker_mb": rss_mb(cluster.workers[0].pid()),
+    });
+    cluster
+        .create_function(
+            "native-noop",
+            "provided.al2023",
+            "bootstrap",
+            &rust_zip(),
+            json!({}),
+        )
+        .await;
+    cluster
+        .create_function(
+            "python-noop",
+            "python3.12",
+            "app.noop",
+            &python_zip(),
+            json!({}),
+        )
+        .await;
+    let invoke_url = |f: &str| cluster.url(&format!("/2015-03-31/functions/{f}/invocations"));
+    for (key, f, floor_key) in [
+        ("native", "native-noop", &floor1),
+        ("python", "python-noop", &floor1),
+    ] {
+        let u = invoke_url(f);
+        // Warm up enough instances for c=32.
+        let _ = load(32, 64, {
+            let (c, u) = (client.clone(), u.clone());
+            move || {
+                let (c, u) = (c.clone(), u.clone());
+                async move {
+                    c.post(&u)
+                        .body("{}")
+                        .send()
+                        .await
+                        .is_ok_and(|r| r.status().is_success())
+                }
+            }
+        })
+        .await;
+        let c1 = load(1, 1000 / scale, {
+            let (c, u) = (client.clone(), u.clone());
+            move || {
+                let (c, u) = (c.clone(), u.clone());
+                async move {
+                    c.post(&u)
+                        .body("{}")
+                        .send()
+                        .await
+                        .is_ok_and(|r| r.status().is_success())
+                }
+            }
+        })
+        .await;
+        out.rec(
+            &format!("warm_{key}_c1"),
+            &format!("warm sync invoke, {key} no-op, c=1"),
+            &c1,
+            Some(floor_key),
+        );
+        let c32 = load(32, 5000 / scale, {
+            let u = u.clone();
+            move || {
+                let u = u.clone();
+                async move {
+                    reqwest::Client::new()
+                        .post(&u)
+                        .body("{}")
+                        .send()
+                        .await
+                        .is_ok_and(|r| r.status().is_success())
+                }
+            }
+        })
+        .await;
+        out.rec(
+            &format!("warm_{key}_c32"),
+            &format!("warm sync invoke, {key} no-op, c=32"),
+            &c32,
+            None,
+        );
+        out.report.insert(
+            format!("warm_{key}_c32_vs_nats_floor_throughput"),
+            json!(c32.rps / nats32.rps),
+        );
+    }
+    let loaded = json!({
+        "gateway_mb": rss_mb(cluster.gateway.pid()),
+        "scheduler_mb": rss_mb(cluster.scheduler.pid()),
+        "worker_mb": rss_mb(cluster.workers[0].pid()),
+    });
+
+    // Cold starts: a new function each time, code already cached on the worker.
+    for (key, runtime, handler, zip, floor) in [
+        (
+            "native",
+            "provided.al2023",
+            "bootstrap",
+            rust_zip(),
+            &spawn_native,
+        ),
+        ("python", "python3.12", "app.noop", python_zip(), &spawn_py),
+    ] {
+        let mut h = hist();
+        let mut init = hist();
+        let started = Instant::now();
+        for i in 0..(10 / scale.min(5)).max(2) {
+            let name = format!("cold-{key}-{i}");
+            cluster
+                .create_function(&name, runtime, handler, &zip, json!({}))
+                .await;
+            let t = Instant::now();
+            let r = client
+                .post(invoke_url(&name))
+                .body("{}")
+                .send()
+                .await
+                .unwrap();
+            let _ = h.record(t.elapsed().as_micros().max(1) as u64);
+            let init_ms: f64 = r
+                .headers()
+                .get("X-Nimbus-Init-Duration-Ms")
+                .and_then(|v| v.to_str().ok()?.parse().ok())
+                .unwrap_or(0.0);
+            let _ = init.record((init_ms * 1000.0).max(1.0) as u64);
+            assert!(r.status().is_success());
+        }
+        let s = stats(&h, started.elapsed());
+        out.rec(
+            &format!("cold_{key}"),
+            &format!("cold start, {key} (first invoke, code cached)"),
+            &s,
+            Some(floor),
+        );
+        out.report.insert(
+            format!("cold_{key}_init_p50_ms"),
+            json!(init.value_at_quantile(0.5) as f64 / 1000.0),
+        );
+    }
+
+    // Async: Event invocations accepted → completed (on-success records).
+    let mut done = nc.subscribe("bench.async.done").await.unwrap();
+    nc.flush().await.unwrap();
+    let resp = client
+        .put(cluster.url("/2019-09-25/functions/python-noop/event-invoke-config"))
+        .json(
+            &json!({"DestinationConfig": {"OnSuccess": {"Destination": "nats:bench.async.done"}}}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success());
+    let n_async = 500 / scale;
+    let t0 = Instant::now();
+    let accepted = load(16, n_async, {
+        let (c, u) = (client.clone(), invoke_url("python-noop"));
+        move || {
+            let (c, u) = (c.clone(), u.clone());
+            async move {
+                c.post(&u)
+                    .header("X-Amz-Invocation-Type", "Event")
+                    .body("{}")
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().as_u16() == 202)
+            }
+        }
+    })
+    .await;
+    let mut completed = 0;
+    while completed < n_async {
+        match tokio::time::timeout(Duration::from_secs(60), done.next()).await {
+            Ok(Some(_)) => completed += 1,
+            _ => break,
+        }
+    }
+    let async_secs = t0.elapsed().as_secs_f64();
+    out.rec(
+        "async_accept",
+        "Event invoke accepted (202), c=16",
+        &accepted,
+        None,
+    );
+    out.report.insert("async_end_to_end".into(), json!({"invocations": n_async, "completed": completed, "seconds": async_secs, "per_second": completed as f64 / async_secs}));
+    out.report.insert("rss_idle".into(), idle.clone());
+    out.report.insert("rss_loaded".into(), loaded.clone());
+
+    // ---- print ----
+    println!("| measurement | p50 / p99 ms | req/s | vs floor (p50 / p99) |");
+    println!("|---|---|---|---|");
+    for (what, lat, rps, ratio) in &out.rows {
+        println!("| {what} | {lat} | {rps} | {ratio} |");
+    }
+    println!(
+        "| Event invocations end to end | {completed}/{n_async} in {async_secs:.2} s | {:.0} | |",
+        completed as f64 / async_secs
+    );
+    for (k, label) in [("native", "native"), ("python", "python")] {
+        if let Some(v) = out
+            .report
+            .get(&format!("warm_{k}_c32_vs_nats_floor_throughput"))
+        {
+            println!(
+                "| warm {label} c=32 throughput / NATS floor c=32 | | {:.0}% | |",
+                v.as_f64().unwrap_or(0.0) * 100.0
+            );
+        }
+    }
+    println!(
+        "\nRSS MB idle: gateway {:.1}, scheduler {:.1}, worker {:.1}; after load: gateway {:.1}, scheduler {:.1}, worker {:.1}",
+        idle["gateway_mb"].as_f64().unwrap_or(0.0),
+        idle["scheduler_mb"].as_f64().unwrap_or(0.0),
+        idle["worker_mb"].as_f64().unwrap_or(0.0),
+        loaded["gateway_mb"].as_f64().unwrap_or(0.0),
+        loaded["scheduler_mb"].as_f64().unwrap_or(0.0),
+        loaded["worker_mb"].as_f64().unwrap_or(0.0),
+    );
+    let _ = std::fs::create_dir_all(
+        std::path::Path::new(&out_path)
+            .parent()
+            .unwrap_or(std::path::Path::new(".")),
+    );
+    std::fs::write(
+        &out_path,
+        serde_json::to_string_pretty(&Value::Object(out.report)).unwrap(),
+    )
+    .unwrap();
+    eprintln!("wrote {out_path}");
+    cluster.stop();
+}
