@@ -22,11 +22,23 @@ pub struct NatsArgs {
         default_value = "nimbus"
     )]
     pub prefix: String,
+    /// JetStream's duplicate window on the async stream (seconds): how long a
+    /// message id is remembered. Only the service that creates the stream sets it.
+    #[arg(
+        long = "duplicate-window-secs",
+        env = "NIMBUS_DUPLICATE_WINDOW_SECS",
+        default_value_t = 120
+    )]
+    pub duplicate_window_secs: u64,
 }
 
 impl NatsArgs {
     pub fn subjects(&self) -> anyhow::Result<Subjects> {
         Subjects::new(&self.prefix).context("invalid NIMBUS_SUBJECT_PREFIX")
+    }
+
+    pub fn duplicate_window(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.duplicate_window_secs.max(1))
     }
 
     pub fn names(&self) -> Names {

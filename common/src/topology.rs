@@ -27,6 +27,7 @@ pub async fn ensure(
     nats: &async_nats::Client,
     names: &Names,
     subjects: &Subjects,
+    duplicate_window: Duration,
 ) -> anyhow::Result<Topology> {
     let js = jetstream::new(nats.clone());
     let functions = match js.get_key_value(names.functions_bucket()).await {
@@ -65,7 +66,7 @@ pub async fn ensure(
             subjects: vec![subjects.async_all()],
             retention: stream::RetentionPolicy::WorkQueue,
             storage: stream::StorageType::File,
-            duplicate_window: Duration::from_secs(120),
+            duplicate_window,
             max_age: ASYNC_MAX_AGE,
             ..Default::default()
         })

@@ -218,7 +218,12 @@ async fn every_instant_runs_once_across_two_schedulers() {
 async fn misfire_policy_after_every_scheduler_was_down() {
     let _serial = SERIAL.lock().await;
     let mut cluster = Cluster::start(ClusterOpts {
-        env: vec![("NIMBUS_MISFIRE_GRACE_MS".into(), "1500".into())],
+        env: vec![
+            ("NIMBUS_MISFIRE_GRACE_MS".into(), "1500".into()),
+            // The outage below outlasts JetStream's duplicate window: only the
+            // schedule-state record keeps instants from firing twice.
+            ("NIMBUS_DUPLICATE_WINDOW_SECS".into(), "2".into()),
+        ],
         ..Default::default()
     })
     .await;
@@ -272,6 +277,7 @@ async fn misfire_policy_after_every_scheduler_was_down() {
     let mut cmd = Command::new(bin("nimbus-scheduler"));
     cmd.env("NIMBUS_NATS_URL", &cluster.nats.url)
         .env("NIMBUS_MISFIRE_GRACE_MS", "1500")
+        .env("NIMBUS_DUPLICATE_WINDOW_SECS", "2")
         .env("NIMBUS_DATA_DIR", cluster.data.path().join("scheduler"));
     cluster.scheduler = Proc::spawn_for_test("scheduler-restarted", cmd, cluster.data.path());
     tokio::time::sleep(Duration::from_secs(4)).await;

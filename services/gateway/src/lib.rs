@@ -26,6 +26,8 @@ pub struct GatewayConfig {
     pub region: String,
     /// Subject of S3-style object event notifications (default `<prefix>.events.s3`).
     pub s3_events_subject: Option<String>,
+    /// Duplicate window of the async stream, if this gateway creates it.
+    pub duplicate_window: std::time::Duration,
 }
 
 /// Shared by every handler.
@@ -55,7 +57,8 @@ pub async fn run(
     code: CodeStore,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let topology = nimbus_common::topology::ensure(&nats, &names, &subjects).await?;
+    let topology =
+        nimbus_common::topology::ensure(&nats, &names, &subjects, cfg.duplicate_window).await?;
     let stop = CancellationToken::new();
     let functions = KvCache::start(topology.functions.clone(), stop.clone()).await;
     let routes = KvCache::start(topology.routes.clone(), stop.clone()).await;

@@ -66,6 +66,7 @@ async fn main_exec() -> anyhow::Result<()> {
     let cfg = nimbus_gateway::GatewayConfig {
         region: args.region,
         s3_events_subject: args.s3_events_subject,
+        duplicate_window: args.nats.duplicate_window(),
     };
     nimbus_gateway::run(cfg, listener, nats, subjects, names, code, shutdown).await
 }

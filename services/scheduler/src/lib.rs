@@ -47,6 +47,8 @@ pub struct SchedulerConfig {
     pub s3_events_subject: Option<String>,
     /// How often bucket watchers list their stores.
     pub watch_interval: Duration,
+    /// Duplicate window of the async stream, if this scheduler creates it.
+    pub duplicate_window: Duration,
 }
 
 pub async fn run(
@@ -56,7 +58,8 @@ pub async fn run(
     names: Names,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let topology = nimbus_common::topology::ensure(&nats, &names, &subjects).await?;
+    let topology =
+        nimbus_common::topology::ensure(&nats, &names, &subjects, cfg.duplicate_window).await?;
     let stop = CancellationToken::new();
     let registry = Registry::start(topology.functions.clone(), stop.clone()).await?;
     let workers = Arc::new(WorkerTable::default());

@@ -56,6 +56,7 @@ async fn main_exec() -> anyhow::Result<()> {
         misfire_grace: Duration::from_millis(args.misfire_grace_ms),
         s3_events_subject: args.s3_events_subject,
         watch_interval: Duration::from_millis(args.watch_interval_ms.max(100)),
+        duplicate_window: args.nats.duplicate_window(),
     };
     nimbus_scheduler::run(cfg, nats, subjects, names, shutdown).await
 }
