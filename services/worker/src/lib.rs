@@ -239,10 +239,14 @@ impl Worker {
         let w = self.clone();
         tracker.spawn(async move {
             let reply_to = dispatch.reply_to.clone();
-            let reply = w.execute(dispatch).await;
+            let (reply, log) = w.execute(dispatch).await;
             w.busy.fetch_sub(1, Ordering::SeqCst);
             if let Err(e) = w.nats.publish(reply_to, encode(&reply)).await {
                 tracing::warn!(request_id = %reply.request_id, error = %e, "reply not sent");
+            }
+            // The log record goes after the reply: it is not on the caller's path.
+            if let Some((function, text)) = log {
+                w.publish_log(&function, &reply.request_id, &text).await;
             }
         });
     }
@@ -258,7 +262,8 @@ impl Worker {
         }
     }
 
-    async fn execute(&self, d: Dispatch) -> InvokeReply {
+    /// Runs the dispatch; returns the reply and the log record to publish after it.
+    async fn execute(&self, d: Dispatch) -> (InvokeReply, Option<(String, String)>) {
         let function = d.config.name.clone();
         let request_id = d.request_id.clone();
         self.pool.retire_older(&function, d.revision);
@@ -270,7 +275,7 @@ impl Worker {
             Some(i) => i,
             None => match self.cold_start(&d, key).await {
                 Ok(i) => i,
-                Err(reply) => return *reply,
+                Err(reply) => return (*reply, None),
             },
         };
         let finished = instance.invoke(&request_id, d.payload).await;
@@ -279,20 +284,19 @@ impl Worker {
         } else {
             drop(instance);
         }
-        self.publish_log(&function, &request_id, &finished.log)
-            .await;
         let log_tail = d.log_tail.then(|| tail(&finished.log, LOG_TAIL_BYTES));
         let outcome = match finished.outcome {
             Outcome::Response(payload) => InvokeOutcome::Success { payload, log_tail },
             Outcome::FunctionError(payload) => InvokeOutcome::FunctionError { payload, log_tail },
         };
-        InvokeReply {
+        let reply = InvokeReply {
             v: WIRE_VERSION,
             request_id,
             executed_version: "$LATEST".into(),
             outcome,
             init_duration_us: finished.init_duration_us,
-        }
+        };
+        (reply, Some((function, finished.log)))
     }
 
     async fn cold_start(

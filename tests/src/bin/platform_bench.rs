@@ -246,12 +246,11 @@ async fn main() {
         None,
     );
     let http32 = {
-        let u = url.clone();
+        let (c, u) = (client.clone(), url.clone());
         load(32, 20000 / scale, move || {
-            let u = u.clone();
+            let (c, u) = (c.clone(), u.clone());
             async move {
-                reqwest::Client::new()
-                    .post(&u)
+                c.post(&u)
                     .body("{}")
                     .send()
                     .await
@@ -260,7 +259,12 @@ async fn main() {
         })
         .await
     };
-    let _ = http32;
+    out.rec(
+        "floor_http_c32",
+        "floor: HTTP keep-alive round trip, c=32",
+        &http32,
+        None,
+    );
     // NATS legs: client → a → b → client.
     let mut a = nc.subscribe("bench.floor.a").await.unwrap();
     let mut b = nc.subscribe("bench.floor.b").await.unwrap();
@@ -400,12 +404,11 @@ async fn main() {
             Some(floor_key),
         );
         let c32 = load(32, 5000 / scale, {
-            let u = u.clone();
+            let (c, u) = (client.clone(), u.clone());
             move || {
-                let u = u.clone();
+                let (c, u) = (c.clone(), u.clone());
                 async move {
-                    reqwest::Client::new()
-                        .post(&u)
+                    c.post(&u)
                         .body("{}")
                         .send()
                         .await
