@@ -177,10 +177,17 @@ pub fn validate_function_name(name: &str) -> Result<(), NameError> {
 
 /// Runtimes this build can run.
 pub fn is_supported_runtime(runtime: &str) -> bool {
-    matches!(runtime, "provided" | "provided.al2" | "provided.al2023")
-        || runtime
-            .strip_prefix("python3.")
-            .is_some_and(|minor| !minor.is_empty() && minor.bytes().all(|b| b.is_ascii_digit()))
+    matches!(
+        runtime,
+        "provided"
+            | "provided.al2"
+            | "provided.al2023"
+            | "nodejs18.x"
+            | "nodejs20.x"
+            | "nodejs22.x"
+    ) || runtime
+        .strip_prefix("python3.")
+        .is_some_and(|minor| !minor.is_empty() && minor.bytes().all(|b| b.is_ascii_digit()))
 }
 
 #[cfg(test)]
@@ -222,5 +229,7 @@ mod tests {
         assert!(!is_supported_runtime("python3."));
         assert!(!is_supported_runtime("python2.7"));
         assert!(!is_supported_runtime("java21"));
+        assert!(is_supported_runtime("nodejs20.x"));
+        assert!(!is_supported_runtime("nodejs8.10"));
     }
 }

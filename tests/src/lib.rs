@@ -283,6 +283,12 @@ impl Cluster {
                 .env("NIMBUS_CODE_STORE", &code_store)
                 .env("NIMBUS_DATA_DIR", dir)
                 .env("NIMBUS_DRAIN_TIMEOUT_SECS", "10");
+            // Runtimes the test setup chose (scripts/test exports them).
+            for k in ["NIMBUS_NODE", "NIMBUS_PYTHON"] {
+                if let Some(v) = std::env::var_os(k) {
+                    cmd.env(k, v);
+                }
+            }
             for (k, v) in &opts.env {
                 cmd.env(k, v);
             }

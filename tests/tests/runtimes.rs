@@ -248,3 +248,104 @@ async fn warm_invocations_read_no_storage() {
     );
     cluster.stop();
 }
+
+#[tokio::test]
+async fn nodejs_runtime_async_callback_and_errors() {
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start(ClusterOpts::default()).await;
+    let esm = std::fs::read(fixture("node/index.mjs")).unwrap();
+    let cjs = std::fs::read(fixture("node/legacy.js")).unwrap();
+    let zip = zip_files(&[("index.mjs", &esm, false), ("legacy.js", &cjs, false)]);
+    cluster
+        .create_function(
+            "node-hello",
+            "nodejs20.x",
+            "index.handler",
+            &zip,
+            json!({"Environment": {"Variables": {"GREETING": "from env"}}, "MemorySize": 256}),
+        )
+        .await;
+    let r = cluster
+        .invoke_raw(
+            "node-hello",
+            br#"{"name":"ada"}"#.to_vec(),
+            &[("X-Amz-Log-Type", "Tail")],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["greeting"], "hello ada");
+    assert_eq!(v["env"], "from env");
+    assert_eq!(v["functionName"], "node-hello");
+    assert_eq!(v["memory"], "256");
+    assert_eq!(v["remainingOk"], true);
+    assert_eq!(
+        v["requestId"].as_str(),
+        r.header("x-amzn-RequestId").as_deref()
+    );
+    let log = String::from_utf8(
+        base64::engine::general_purpose::STANDARD
+            .decode(r.header("X-Amz-Log-Result").unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(
+        log.contains("node says hi 1") && log.contains("REPORT RequestId:"),
+        "{log}"
+    );
+    assert_eq!(
+        cluster.invoke("node-hello", &json!({})).await.json()["count"],
+        2,
+        "warm instance reused"
+    );
+
+    cluster
+        .create_function("node-fail", "nodejs22.x", "index.fail", &zip, json!({}))
+        .await;
+    let r = cluster.invoke("node-fail", &json!({})).await;
+    assert_eq!(
+        r.header("X-Amz-Function-Error").as_deref(),
+        Some("Unhandled")
+    );
+    let e = r.json();
+    assert_eq!(e["errorType"], "OrderError");
+    assert_eq!(e["errorMessage"], "no such order");
+    assert!(
+        e["stackTrace"].as_array().is_some_and(|s| !s.is_empty()),
+        "{e}"
+    );
+
+    cluster
+        .create_function("node-cb", "nodejs18.x", "legacy.handler", &zip, json!({}))
+        .await;
+    let v = cluster.invoke("node-cb", &json!({"x": 1})).await.json();
+    assert_eq!(v, json!({"style": "callback", "got": {"x": 1}}));
+    cluster
+        .create_function(
+            "node-cb-err",
+            "nodejs20.x",
+            "legacy.broken",
+            &zip,
+            json!({}),
+        )
+        .await;
+    let r = cluster.invoke("node-cb-err", &json!({})).await;
+    assert_eq!(r.json()["errorType"], "TypeError");
+
+    // A missing export is an init error, reported as the invocation's error.
+    cluster
+        .create_function("node-missing", "nodejs20.x", "index.nope", &zip, json!({}))
+        .await;
+    let r = cluster.invoke("node-missing", &json!({})).await;
+    assert_eq!(
+        r.header("X-Amz-Function-Error").as_deref(),
+        Some("Unhandled")
+    );
+    assert_eq!(
+        r.json()["errorType"],
+        "Runtime.HandlerNotFound",
+        "{}",
+        r.text()
+    );
+    cluster.stop();
+}

@@ -30,6 +30,9 @@ pub struct InstanceKey {
 pub struct Runtimes {
     pub python: PathBuf,
     pub python_bootstrap: PathBuf,
+    /// `None`: no Node.js on this worker; nodejs functions fail to start, named.
+    pub node: Option<PathBuf>,
+    pub node_bootstrap: PathBuf,
     pub region: String,
 }
 
@@ -131,6 +134,14 @@ impl Instance {
                 runtimes.python.clone(),
                 vec![runtimes.python_bootstrap.display().to_string()],
             )
+        } else if config.runtime.starts_with("nodejs") {
+            let node = runtimes.node.clone().ok_or_else(|| {
+                InstanceError::UnsupportedRuntime(format!(
+                    "{} (no node on this worker; set NIMBUS_NODE)",
+                    config.runtime
+                ))
+            })?;
+            (node, vec![runtimes.node_bootstrap.display().to_string()])
         } else if config.runtime.starts_with("provided") {
             let bootstrap = code_dir.join("bootstrap");
             if !bootstrap.is_file() {

@@ -39,6 +39,8 @@ use crate::sandbox::{ProcessSandbox, Sandbox};
 
 /// The Python runtime's bootstrap, written into the data dir at start.
 const PYTHON_BOOTSTRAP: &str = include_str!("runtimes/python_bootstrap.py");
+/// The Node.js runtime's bootstrap, written into the data dir at start.
+const NODE_BOOTSTRAP: &str = include_str!("runtimes/node_bootstrap.mjs");
 
 /// Bytes of log returned with `X-Amz-Log-Type: Tail`.
 const LOG_TAIL_BYTES: usize = 4096;
@@ -49,6 +51,8 @@ pub struct WorkerConfig {
     pub slots: u32,
     pub data_dir: PathBuf,
     pub python: PathBuf,
+    /// Node.js for every `nodejs*` runtime, if this worker has one.
+    pub node: Option<PathBuf>,
     pub keep_alive: Duration,
     pub region: String,
     /// How long a stopping worker waits for in-flight invocations.
@@ -80,6 +84,8 @@ pub async fn run(
     std::fs::create_dir_all(&runtime_dir).context("creating the runtimes directory")?;
     let python_bootstrap = runtime_dir.join("python_bootstrap.py");
     std::fs::write(&python_bootstrap, PYTHON_BOOTSTRAP).context("writing the Python bootstrap")?;
+    let node_bootstrap = runtime_dir.join("node_bootstrap.mjs");
+    std::fs::write(&node_bootstrap, NODE_BOOTSTRAP).context("writing the Node.js bootstrap")?;
     let scratch = cfg.data_dir.join("instances");
     // Scratch of instances a previous run left behind.
     let _ = std::fs::remove_dir_all(&scratch);
@@ -91,6 +97,8 @@ pub async fn run(
         runtimes: Runtimes {
             python: cfg.python.clone(),
             python_bootstrap,
+            node: cfg.node.clone(),
+            node_bootstrap,
             region: cfg.region.clone(),
         },
         cfg,

@@ -26,6 +26,9 @@ struct Args {
     /// Python interpreter for every `python3.x` runtime (a real binary, not a shim).
     #[arg(long, env = "NIMBUS_PYTHON")]
     python: Option<PathBuf>,
+    /// Node.js interpreter for every `nodejs*` runtime (default: node on PATH).
+    #[arg(long, env = "NIMBUS_NODE")]
+    node: Option<PathBuf>,
     /// Seconds an idle instance stays warm.
     #[arg(long, env = "NIMBUS_KEEP_ALIVE_SECS", default_value_t = 600)]
     keep_alive_secs: u64,
@@ -75,11 +78,27 @@ async fn main_exec() -> anyhow::Result<()> {
         slots: args.slots,
         data_dir,
         python,
+        node: args.node.or_else(|| resolve_binary("node")),
         keep_alive: Duration::from_secs(args.keep_alive_secs),
         region: args.region,
         drain_timeout: Duration::from_secs(args.drain_timeout_secs),
     };
     nimbus_worker::run(cfg, nats, subjects, store, shutdown).await
+}
+
+/// `name` on PATH (or the usual places), resolved to the real binary.
+fn resolve_binary(name: &str) -> Option<PathBuf> {
+    let mut candidates: Vec<PathBuf> = vec![
+        format!("/usr/bin/{name}").into(),
+        format!("/usr/local/bin/{name}").into(),
+    ];
+    if let Some(path) = std::env::var_os("PATH") {
+        candidates.extend(std::env::split_paths(&path).map(|d| d.join(name)));
+    }
+    candidates
+        .into_iter()
+        .filter(|p| p.is_file() && !p.to_string_lossy().contains("shims"))
+        .find_map(|p| std::fs::canonicalize(p).ok())
 }
 
 /// A real interpreter binary: shims (pyenv) cost ~130 ms a start and may live where

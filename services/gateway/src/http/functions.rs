@@ -50,13 +50,13 @@ fn validate_limits(
     }
     if !is_supported_runtime(runtime) {
         return Err(ApiError::InvalidParameter(format!(
-            "Value {runtime} at 'runtime' is not supported. Supported runtimes: provided, provided.al2, provided.al2023, python3.x"
+            "Value {runtime} at 'runtime' is not supported. Supported runtimes: provided, provided.al2, provided.al2023, python3.x, nodejs18.x, nodejs20.x, nodejs22.x"
         )));
     }
-    if handler.is_empty() && runtime.starts_with("python") {
-        return Err(ApiError::InvalidParameter(
-            "Handler is required for the python runtimes".into(),
-        ));
+    if handler.is_empty() && (runtime.starts_with("python") || runtime.starts_with("nodejs")) {
+        return Err(ApiError::InvalidParameter(format!(
+            "Handler is required for the {runtime} runtime"
+        )));
     }
     if handler.len() > 128 {
         return Err(ApiError::InvalidParameter(
