@@ -689,3 +689,43 @@ pub fn s3_env(endpoint: &str) -> Vec<(String, String)> {
         ("AWS_ENDPOINT_URL".into(), endpoint.into()),
     ]
 }
+
+/// Runs the `nimbus` CLI against `endpoint`; returns success and stdout+stderr.
+pub fn nimbus(endpoint: &str, args: &[&str]) -> (bool, String) {
+    let out = Command::new(bin("nimbus"))
+        .env("NIMBUS_ENDPOINT", endpoint)
+        .args(args)
+        .output()
+        .expect("running nimbus");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// The JSON documents of a JSON-lines file (what `app.record_event` writes).
+pub fn read_jsonl(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// Runs the `nimbus` CLI; returns success, stdout and stderr apart.
+pub fn nimbus_split(endpoint: &str, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(bin("nimbus"))
+        .env("NIMBUS_ENDPOINT", endpoint)
+        .args(args)
+        .output()
+        .expect("running nimbus");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

@@ -59,22 +59,6 @@ async fn runs(cluster: &Cluster, name: &str, needle: &str) -> usize {
         .unwrap_or(0)
 }
 
-fn nimbus(endpoint: &str, args: &[&str]) -> (bool, String) {
-    let out = std::process::Command::new(bin("nimbus"))
-        .env("NIMBUS_ENDPOINT", endpoint)
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
-
 #[tokio::test]
 async fn retries_dead_letters_redrive_and_destinations() {
     let _serial = SERIAL.lock().await;

@@ -4,19 +4,6 @@ use std::process::Command;
 
 use nimbus_tests::*;
 
-fn nimbus(endpoint: &str, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(bin("nimbus"))
-        .env("NIMBUS_ENDPOINT", endpoint)
-        .args(args)
-        .output()
-        .expect("running nimbus");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[tokio::test]
 async fn deploy_invoke_list_logs_remove() {
     let _serial = SERIAL.lock().await;
@@ -26,7 +13,7 @@ async fn deploy_invoke_list_logs_remove() {
     std::fs::copy(fixture("python/app.py"), dir.path().join("app.py")).unwrap();
     let code = dir.path().to_str().unwrap();
 
-    let (ok, out, err) = nimbus(
+    let (ok, out, err) = nimbus_split(
         &ep,
         &[
             "deploy",
@@ -44,13 +31,13 @@ async fn deploy_invoke_list_logs_remove() {
     assert!(ok, "deploy failed: {out}{err}");
     assert!(out.contains("created hello"), "{out}");
 
-    let (ok, out, err) = nimbus(&ep, &["invoke", "hello", "--payload", r#"{"name":"ada"}"#]);
+    let (ok, out, err) = nimbus_split(&ep, &["invoke", "hello", "--payload", r#"{"name":"ada"}"#]);
     assert!(ok, "invoke failed: {out}{err}");
     let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(v["greeting"], "hello ada");
     assert_eq!(v["env"], "from cli");
     assert_eq!(v["count"], 1);
-    let (_, out, _) = nimbus(&ep, &["invoke", "hello"]);
+    let (_, out, _) = nimbus_split(&ep, &["invoke", "hello"]);
     let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(v["count"], 2, "warm instance reused");
 
@@ -60,7 +47,7 @@ async fn deploy_invoke_list_logs_remove() {
         "def handler(e, c):\n    print('v2 here')\n    return 'v2'\n",
     )
     .unwrap();
-    let (ok, out, err) = nimbus(
+    let (ok, out, err) = nimbus_split(
         &ep,
         &[
             "deploy",
@@ -74,11 +61,11 @@ async fn deploy_invoke_list_logs_remove() {
         ],
     );
     assert!(ok && out.contains("updated hello"), "{out}{err}");
-    let (ok, out, _) = nimbus(&ep, &["invoke", "hello"]);
+    let (ok, out, _) = nimbus_split(&ep, &["invoke", "hello"]);
     assert!(ok);
     assert_eq!(out.trim(), "\"v2\"");
 
-    let (ok, out, _) = nimbus(&ep, &["ls"]);
+    let (ok, out, _) = nimbus_split(&ep, &["ls"]);
     assert!(
         ok && out
             .lines()
@@ -86,7 +73,7 @@ async fn deploy_invoke_list_logs_remove() {
         "{out}"
     );
 
-    let (ok, out, err) = nimbus(&ep, &["logs", "hello"]);
+    let (ok, out, err) = nimbus_split(&ep, &["logs", "hello"]);
     assert!(ok, "{err}");
     assert!(out.contains("hello from hello count 1"), "{out}");
     assert!(out.contains("v2 here"), "{out}");
@@ -96,7 +83,7 @@ async fn deploy_invoke_list_logs_remove() {
     );
 
     // A function error: printed, exit status 1.
-    let (ok, out, err) = nimbus(
+    let (ok, out, err) = nimbus_split(
         &ep,
         &[
             "deploy",
@@ -110,16 +97,16 @@ async fn deploy_invoke_list_logs_remove() {
         ],
     );
     assert!(ok, "{out}{err}");
-    let (ok, out, err) = nimbus(&ep, &["invoke", "failing"]);
+    let (ok, out, err) = nimbus_split(&ep, &["invoke", "failing"]);
     assert!(!ok);
     assert!(
         out.contains("ValueError") && err.contains("function error"),
         "{out}{err}"
     );
 
-    let (ok, out, _) = nimbus(&ep, &["rm", "hello"]);
+    let (ok, out, _) = nimbus_split(&ep, &["rm", "hello"]);
     assert!(ok && out.contains("deleted hello"));
-    let (ok, _, err) = nimbus(&ep, &["invoke", "hello"]);
+    let (ok, _, err) = nimbus_split(&ep, &["invoke", "hello"]);
     assert!(!ok);
     assert_eq!(err.lines().count(), 1, "one-line error: {err}");
     assert!(err.contains("ResourceNotFoundException"), "{err}");
@@ -146,7 +133,7 @@ async fn deploy_invoke_list_logs_remove() {
     )
     .await;
     let ep2 = format!("http://{addr}");
-    let (ok, out, err) = nimbus(&ep2, &["logs", "failing"]);
+    let (ok, out, err) = nimbus_split(&ep2, &["logs", "failing"]);
     assert!(ok, "{err}");
     assert!(out.contains("about to fail"), "{out}");
     cluster.stop();
@@ -155,7 +142,7 @@ async fn deploy_invoke_list_logs_remove() {
 #[tokio::test]
 async fn unreachable_cluster_is_one_clear_line() {
     let _serial = SERIAL.lock().await;
-    let (ok, out, err) = nimbus("http://127.0.0.1:9", &["ls"]);
+    let (ok, out, err) = nimbus_split("http://127.0.0.1:9", &["ls"]);
     assert!(!ok);
     assert!(out.is_empty());
     assert_eq!(err.lines().count(), 1, "{err}");

@@ -2,27 +2,10 @@
 //! plain AWS shape through the gateway webhook, S3's filters on decoded keys, and
 //! malformed events that neither crash anything nor block the next good one.
 
-use std::process::Command;
 use std::time::Duration;
 
 use nimbus_tests::*;
 use serde_json::{Value, json};
-
-fn nimbus(endpoint: &str, args: &[&str]) -> (bool, String) {
-    let out = Command::new(bin("nimbus"))
-        .env("NIMBUS_ENDPOINT", endpoint)
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
 
 fn aws_record(bucket: &str, key: &str, event: &str) -> Value {
     json!({

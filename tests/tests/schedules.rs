@@ -10,22 +10,6 @@ use chrono::{DateTime, Utc};
 use nimbus_tests::*;
 use serde_json::{Value, json};
 
-fn nimbus(endpoint: &str, args: &[&str]) -> (bool, String) {
-    let out = Command::new(bin("nimbus"))
-        .env("NIMBUS_ENDPOINT", endpoint)
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
-
 /// Fire instants recorded per schedule (from the Scheduled Event's resources).
 fn instants(path: &std::path::Path) -> BTreeMap<String, Vec<DateTime<Utc>>> {
     let mut out: BTreeMap<String, Vec<DateTime<Utc>>> = BTreeMap::new();

@@ -1,35 +1,10 @@
 //! NATS triggers: each message on a subject invokes the function once, across several
 //! schedulers, with the documented envelope; removal stops it; bad triggers are refused.
 
-use std::process::Command;
 use std::time::Duration;
 
 use nimbus_tests::*;
 use serde_json::{Value, json};
-
-fn nimbus(endpoint: &str, args: &[&str]) -> (bool, String) {
-    let out = Command::new(bin("nimbus"))
-        .env("NIMBUS_ENDPOINT", endpoint)
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
-
-fn records(path: &std::path::Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
-}
 
 #[tokio::test]
 async fn nats_trigger_invokes_once_per_message() {
@@ -127,7 +102,7 @@ async fn nats_trigger_invokes_once_per_message() {
             .ok()?;
             nc.flush().await.ok()?;
             tokio::time::sleep(Duration::from_millis(300)).await;
-            (!records(&mark).is_empty()).then_some(())
+            (!read_jsonl(&mark).is_empty()).then_some(())
         }
     })
     .await;
@@ -153,7 +128,7 @@ async fn nats_trigger_invokes_once_per_message() {
     .unwrap();
     nc.flush().await.unwrap();
     eventually(Duration::from_secs(30), "21 events", || async {
-        let r = records(&mark);
+        let r = read_jsonl(&mark);
         (r.iter()
             .filter(|e| {
                 e["subject"]
@@ -166,7 +141,7 @@ async fn nats_trigger_invokes_once_per_message() {
     })
     .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let all = records(&mark);
+    let all = read_jsonl(&mark);
     for i in 0..20 {
         let hits: Vec<&Value> = all
             .iter()
@@ -196,7 +171,7 @@ async fn nats_trigger_invokes_once_per_message() {
     nc.flush().await.unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(
-        !records(&mark)
+        !read_jsonl(&mark)
             .iter()
             .any(|e| e["subject"] == "orders.after"),
         "a removed trigger still fired"
@@ -286,7 +261,7 @@ async fn stream_trigger_delivers_batches_at_least_once() {
         .unwrap();
     }
     let batches = eventually(Duration::from_secs(30), "12 records in batches", || async {
-        let b = records(&mark);
+        let b = read_jsonl(&mark);
         let n: usize = b
             .iter()
             .map(|e| e["Records"].as_array().map_or(0, Vec::len))
@@ -295,7 +270,7 @@ async fn stream_trigger_delivers_batches_at_least_once() {
     })
     .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let mut seen: Vec<i64> = records(&mark)
+    let mut seen: Vec<i64> = read_jsonl(&mark)
         .iter()
         .flat_map(|b| b["Records"].as_array().cloned().unwrap_or_default())
         .map(|r| r["data"]["n"].as_i64().unwrap())

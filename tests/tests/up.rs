@@ -14,19 +14,6 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn nimbus(endpoint: &str, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(bin("nimbus"))
-        .env("NIMBUS_ENDPOINT", endpoint)
-        .args(args)
-        .output()
-        .expect("running nimbus");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 async fn start_up(data: &std::path::Path, gw: u16, nats: u16) -> Proc {
     let mut cmd = Command::new(bin("nimbus"));
     cmd.env("NIMBUS_NATS_SERVER", nats_server_bin())
@@ -79,14 +66,14 @@ async fn up_runs_a_cluster_that_survives_restart() {
     let code = tempfile::tempdir().unwrap();
     std::fs::copy(fixture("python/app.py"), code.path().join("app.py")).unwrap();
     // `nimbus up` reports ready only once its workers have: the cluster serves at once.
-    let (ok, out, _) = nimbus(&endpoint, &["status"]);
+    let (ok, out, _) = nimbus_split(&endpoint, &["status"]);
     assert!(
         ok && out.contains("2 live worker(s)")
             && out.contains("local-1")
             && out.contains("local-2"),
         "{out}"
     );
-    let (ok, out, err) = nimbus(
+    let (ok, out, err) = nimbus_split(
         &endpoint,
         &[
             "deploy",
@@ -101,7 +88,7 @@ async fn up_runs_a_cluster_that_survives_restart() {
     );
     assert!(ok, "{out}{err}");
     let out = eventually(Duration::from_secs(10), "the first invoke", || async {
-        let (ok, out, _) = nimbus(
+        let (ok, out, _) = nimbus_split(
             &endpoint,
             &["invoke", "kept", "--payload", r#"{"name":"up"}"#],
         );
@@ -148,13 +135,13 @@ async fn up_runs_a_cluster_that_survives_restart() {
 
     // Same data dir: the function and its code are still there.
     let mut up = start_up(&data, gw, nats).await;
-    let (ok, out, _) = nimbus(&endpoint, &["ls"]);
+    let (ok, out, _) = nimbus_split(&endpoint, &["ls"]);
     assert!(ok && out.contains("kept"), "{out}");
     let out = eventually(
         Duration::from_secs(10),
         "the invoke after restart",
         || async {
-            let (ok, out, _) = nimbus(
+            let (ok, out, _) = nimbus_split(
                 &endpoint,
                 &["invoke", "kept", "--payload", r#"{"name":"again"}"#],
             );

@@ -8,22 +8,6 @@ use std::time::Duration;
 use nimbus_tests::*;
 use serde_json::{Value, json};
 
-fn nimbus(endpoint: &str, args: &[&str]) -> (bool, String) {
-    let out = Command::new(bin("nimbus"))
-        .env("NIMBUS_ENDPOINT", endpoint)
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
-
 /// (event name, key) of every recorded S3 event.
 fn events(path: &std::path::Path) -> Vec<(String, String)> {
     std::fs::read_to_string(path)

@@ -1,26 +1,8 @@
 //! HTTP routes and function URLs: requests arrive as API Gateway HTTP API v2 events and
 //! results map back to HTTP.
 
-use std::process::Command;
-
 use nimbus_tests::*;
 use serde_json::{Value, json};
-
-fn nimbus(endpoint: &str, args: &[&str]) -> (bool, String) {
-    let out = Command::new(bin("nimbus"))
-        .env("NIMBUS_ENDPOINT", endpoint)
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
 
 #[tokio::test]
 async fn routes_and_function_urls() {

@@ -13,7 +13,6 @@
 //!
 //! The event is EventBridge's "Scheduled Event" unless the schedule has a payload.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,37 +43,24 @@ pub struct CronRunner {
 impl CronRunner {
     pub async fn run(self: Arc<Self>, bucket: kv::Store, stop: CancellationToken) {
         let cache: Arc<KvCache<ScheduleConfig>> = KvCache::start(bucket, stop.clone()).await;
-        let mut changes = cache.subscribe();
-        let mut running: HashMap<String, (ScheduleConfig, CancellationToken)> = HashMap::new();
-        loop {
-            let wanted: HashMap<String, ScheduleConfig> = cache
-                .list()
-                .into_iter()
-                .map(|(name, _, s)| (name, (*s).clone()))
-                .collect();
-            running.retain(|name, (cfg, token)| {
-                let keep = wanted.get(name) == Some(cfg);
-                if !keep {
-                    token.cancel();
-                    tracing::info!(schedule = %name, "schedule stopped");
-                }
-                keep
-            });
-            for (name, cfg) in wanted {
-                if running.contains_key(&name) {
-                    continue;
-                }
-                let token = stop.child_token();
+        let changes = cache.subscribe();
+        crate::tasks::reconcile(
+            "schedule",
+            changes,
+            stop,
+            || {
+                cache
+                    .list()
+                    .into_iter()
+                    .map(|(name, _, s)| (name, (*s).clone()))
+                    .collect()
+            },
+            |cfg, token| {
                 let me = self.clone();
-                let (c, t) = (cfg.clone(), token.clone());
-                tokio::spawn(async move { me.run_schedule(c, t).await });
-                running.insert(name, (cfg, token));
-            }
-            tokio::select! {
-                r = changes.changed() => if r.is_err() { break },
-                _ = stop.cancelled() => break,
-            }
-        }
+                async move { me.run_schedule(cfg, token).await }
+            },
+        )
+        .await;
     }
 
     async fn run_schedule(&self, cfg: ScheduleConfig, stop: CancellationToken) {

@@ -17,6 +17,7 @@ pub mod placement;
 pub mod registry;
 pub mod s3_events;
 pub mod sync_invoke;
+pub mod tasks;
 pub mod triggers;
 pub mod watcher;
 pub mod workers;

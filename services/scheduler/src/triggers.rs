@@ -15,7 +15,6 @@
 //! Core NATS is at most once up to that publish: a message that arrives while no
 //! scheduler is subscribed, or while the publish fails, is lost (logged and counted).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,38 +39,24 @@ pub struct TriggerRunner {
 impl TriggerRunner {
     /// Keeps one task per trigger running, following the triggers bucket's mirror.
     pub async fn run(self: Arc<Self>, cache: Arc<KvCache<TriggerConfig>>, stop: CancellationToken) {
-        let mut changes = cache.subscribe();
-        let mut running: HashMap<String, (TriggerConfig, CancellationToken)> = HashMap::new();
-        loop {
-            let wanted: HashMap<String, TriggerConfig> = cache
-                .list()
-                .into_iter()
-                .map(|(id, _, t)| (id, (*t).clone()))
-                .collect();
-            running.retain(|id, (cfg, token)| {
-                let keep = wanted.get(id) == Some(cfg);
-                if !keep {
-                    tracing::info!(trigger = %id, "trigger stopped");
-                    token.cancel();
-                }
-                keep
-            });
-            for (id, cfg) in wanted {
-                if running.contains_key(&id) {
-                    continue;
-                }
-                let token = stop.child_token();
+        let changes = cache.subscribe();
+        crate::tasks::reconcile(
+            "trigger",
+            changes,
+            stop,
+            || {
+                cache
+                    .list()
+                    .into_iter()
+                    .map(|(id, _, t)| (id, (*t).clone()))
+                    .collect()
+            },
+            |cfg, token| {
                 let me = self.clone();
-                let t = token.clone();
-                let c = cfg.clone();
-                tokio::spawn(async move { me.run_trigger(c, t).await });
-                running.insert(id, (cfg, token));
-            }
-            tokio::select! {
-                r = changes.changed() => if r.is_err() { break },
-                _ = stop.cancelled() => break,
-            }
-        }
+                async move { me.run_trigger(cfg, token).await }
+            },
+        )
+        .await;
     }
 
     async fn run_trigger(&self, cfg: TriggerConfig, stop: CancellationToken) {

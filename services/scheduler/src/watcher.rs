@@ -10,7 +10,7 @@
 //! listing is recorded, so a watcher dying between the two re-emits, and the
 //! duplicate window absorbs it; a restart fires nothing twice.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,7 +38,7 @@ pub struct Watchers {
 
 /// One watched store: its URL and the bucket name its records carry.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct Target {
+pub struct Target {
     url: String,
     bucket: String,
 }
@@ -49,46 +49,37 @@ impl Watchers {
         triggers: Arc<KvCache<TriggerConfig>>,
         stop: CancellationToken,
     ) {
-        let mut changes = triggers.subscribe();
-        let mut running: HashMap<Target, CancellationToken> = HashMap::new();
-        loop {
-            let wanted: std::collections::HashSet<Target> = triggers
-                .list()
-                .into_iter()
-                .filter_map(|(_, _, t)| match &t.source {
-                    TriggerSource::S3 {
-                        bucket,
-                        watch: Some(url),
-                        ..
-                    } => Some(Target {
-                        url: url.clone(),
-                        bucket: bucket.clone(),
-                    }),
-                    _ => None,
-                })
-                .collect();
-            running.retain(|t, token| {
-                let keep = wanted.contains(t);
-                if !keep {
-                    token.cancel();
-                }
-                keep
-            });
-            for target in wanted {
-                if running.contains_key(&target) {
-                    continue;
-                }
-                let token = stop.child_token();
+        let changes = triggers.subscribe();
+        crate::tasks::reconcile(
+            "bucket watcher",
+            changes,
+            stop,
+            || {
+                triggers
+                    .list()
+                    .into_iter()
+                    .filter_map(|(_, _, t)| match &t.source {
+                        TriggerSource::S3 {
+                            bucket,
+                            watch: Some(url),
+                            ..
+                        } => {
+                            let target = Target {
+                                url: url.clone(),
+                                bucket: bucket.clone(),
+                            };
+                            Some((target.clone(), target))
+                        }
+                        _ => None,
+                    })
+                    .collect()
+            },
+            |target, token| {
                 let me = self.clone();
-                let (t, c) = (target.clone(), token.clone());
-                tokio::spawn(async move { me.watch(t, c).await });
-                running.insert(target, token);
-            }
-            tokio::select! {
-                r = changes.changed() => if r.is_err() { break },
-                _ = stop.cancelled() => break,
-            }
-        }
+                async move { me.watch(target, token).await }
+            },
+        )
+        .await;
     }
 
     async fn watch(&self, target: Target, stop: CancellationToken) {
@@ -280,4 +271,10 @@ impl Watchers {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.url, self.bucket)
+    }
 }

@@ -152,6 +152,29 @@ pub async fn read_body(body: Body, limit: usize, too_large: ApiError) -> Result<
     })
 }
 
+/// Every live value of a KV bucket, decoded (control-plane listings; undecodable
+/// values are skipped).
+pub async fn bucket_values<T>(kv: &async_nats::jetstream::kv::Store) -> Vec<T>
+where
+    T: serde::de::DeserializeOwned + nimbus_proto::codec::Versioned,
+{
+    use futures::TryStreamExt;
+    let keys: Vec<String> = match kv.keys().await {
+        Ok(k) => k.try_collect().await.unwrap_or_default(),
+        Err(_) => vec![],
+    };
+    let mut out = Vec::with_capacity(keys.len());
+    for key in keys {
+        if let Ok(Some(e)) = kv.entry(&key).await
+            && e.operation == async_nats::jetstream::kv::Operation::Put
+            && let Ok(v) = nimbus_proto::decode::<T>(&e.value)
+        {
+            out.push(v);
+        }
+    }
+    out
+}
+
 /// Parses a JSON request document.
 pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body)

@@ -12,7 +12,6 @@ use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
-use futures::TryStreamExt;
 use nimbus_proto::{Misfire, ScheduleConfig, WIRE_VERSION, decode, encode, validate_function_name};
 use nimbus_schedule::Schedule;
 use serde::Deserialize;
@@ -163,19 +162,7 @@ pub async fn create(
 
 pub async fn list(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
     let kv = bucket(&state).await?;
-    let keys: Vec<String> = match kv.keys().await {
-        Ok(k) => k.try_collect().await.unwrap_or_default(),
-        Err(_) => vec![],
-    };
-    let mut out = Vec::new();
-    for key in keys {
-        if let Ok(Some(e)) = kv.entry(&key).await
-            && e.operation == kv::Operation::Put
-            && let Ok(s) = decode::<ScheduleConfig>(&e.value)
-        {
-            out.push(s);
-        }
-    }
+    let mut out: Vec<ScheduleConfig> = super::bucket_values(&kv).await;
     out.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(Json(
         json!({ "schedules": out.iter().map(shape).collect::<Vec<_>>() }),

@@ -12,7 +12,6 @@ use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use futures::TryStreamExt;
 use nimbus_proto::trigger::validate_trigger_subject;
 use nimbus_proto::{TriggerConfig, TriggerSource, WIRE_VERSION, decode, encode};
 use serde::Deserialize;
@@ -197,20 +196,11 @@ pub async fn list(
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
     let kv = bucket(&state).await?;
-    let keys: Vec<String> = match kv.keys().await {
-        Ok(k) => k.try_collect().await.unwrap_or_default(),
-        Err(_) => vec![],
-    };
-    let mut out = Vec::new();
-    for key in keys {
-        if let Ok(Some(entry)) = kv.entry(&key).await
-            && entry.operation == kv::Operation::Put
-            && let Ok(t) = decode::<TriggerConfig>(&entry.value)
-            && q.get("function").is_none_or(|f| *f == t.function)
-        {
-            out.push(t);
-        }
-    }
+    let mut out: Vec<TriggerConfig> = super::bucket_values::<TriggerConfig>(&kv)
+        .await
+        .into_iter()
+        .filter(|t| q.get("function").is_none_or(|f| *f == t.function))
+        .collect();
     out.sort_by(|a, b| a.created_ms.cmp(&b.created_ms).then(a.id.cmp(&b.id)));
     Ok(Json(
         json!({ "triggers": out.iter().map(shape).collect::<Vec<_>>() }),

@@ -22,9 +22,8 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use bytes::Bytes;
 use chrono::Utc;
-use futures::TryStreamExt;
 use nimbus_proto::route::{match_path, validate_route};
-use nimbus_proto::{InvokeOutcome, RouteConfig, WIRE_VERSION, decode, encode};
+use nimbus_proto::{InvokeOutcome, RouteConfig, WIRE_VERSION, encode};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -360,22 +359,15 @@ pub async fn create_route(
     let (function, _) = parse_function_name(&req.function)?;
     super::functions::current(&state, &function).await?;
     let kv = state.routes.kv.clone();
-    let keys: Vec<String> = match kv.keys().await {
-        Ok(k) => k.try_collect().await.unwrap_or_default(),
-        Err(_) => vec![],
-    };
-    for key in keys {
-        if let Ok(Some(e)) = kv.entry(&key).await
-            && e.operation == async_nats::jetstream::kv::Operation::Put
-            && let Ok(r) = decode::<RouteConfig>(&e.value)
-            && r.method == method
-            && r.path == req.path
-        {
-            return Err(ApiError::Conflict(format!(
-                "route {method} {} exists ({})",
-                r.path, r.id
-            )));
-        }
+    if let Some(r) = super::bucket_values::<RouteConfig>(&kv)
+        .await
+        .into_iter()
+        .find(|r| r.method == method && r.path == req.path)
+    {
+        return Err(ApiError::Conflict(format!(
+            "route {method} {} exists ({})",
+            r.path, r.id
+        )));
     }
     let route = RouteConfig {
         v: WIRE_VERSION,
