@@ -168,6 +168,60 @@ async fn killing_one_of_two_workers_leaves_the_cluster_serving() {
 }
 
 #[tokio::test]
+async fn a_sync_call_whose_worker_dies_fails_fast() {
+    let _serial = SERIAL.lock().await;
+    let mut cluster = Cluster::start(ClusterOpts {
+        workers: 2,
+        ..Default::default()
+    })
+    .await;
+    let mark = cluster.data.path().join("marks.txt");
+    cluster
+        .create_function(
+            "slow",
+            "python3.12",
+            "app.slow_mark",
+            &python_zip(),
+            json!({"Timeout": 60, "Environment": {"Variables": {"MARK_FILE": mark.to_str().unwrap()}}}),
+        )
+        .await;
+    let endpoint = cluster.endpoint.clone();
+    let call = tokio::spawn(async move {
+        let resp = reqwest::Client::new()
+            .post(format!("{endpoint}/2015-03-31/functions/slow/invocations"))
+            .body(r#"{"id":"doomed","sleep":30}"#)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let kind = resp
+            .headers()
+            .get("x-amzn-ErrorType")
+            .map(|v| v.to_str().unwrap().to_string());
+        (status, kind, resp.text().await.unwrap())
+    });
+    let started = eventually(Duration::from_secs(20), "the call to start", || async {
+        marks(&mark)
+            .into_iter()
+            .find(|l| l.starts_with("start doomed"))
+    })
+    .await;
+    let victim = (1..=2)
+        .find(|n| started.contains(&format!("/worker-{n}/")))
+        .unwrap();
+    cluster.workers[victim - 1].kill();
+    // Without the scheduler noticing, the caller would wait 60 + 30 s.
+    let (status, kind, body) = tokio::time::timeout(Duration::from_secs(20), call)
+        .await
+        .expect("the call failed fast")
+        .unwrap();
+    assert_eq!(status, 500, "{body}");
+    assert_eq!(kind.as_deref(), Some("ServiceException"));
+    assert!(body.contains("stopped before it finished"), "{body}");
+    cluster.stop();
+}
+
+#[tokio::test]
 async fn every_slot_busy_gives_429() {
     let _serial = SERIAL.lock().await;
     let cluster = Cluster::start(ClusterOpts {

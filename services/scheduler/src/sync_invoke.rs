@@ -31,6 +31,36 @@ pub async fn run(
         .queue_subscribe(placement.subjects.invoke(), SCHEDULER_QUEUE.into())
         .await?;
     let limit = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    let in_flight = Arc::new(InFlight::default());
+    // Once a second: a synchronous invocation whose worker went silent gets an error
+    // reply now, instead of its caller waiting out the whole timeout.
+    {
+        let (in_flight, placement, stop) = (in_flight.clone(), placement.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = stop.cancelled() => break,
+                }
+                for (worker, request_id, reply_to) in
+                    in_flight.sweep(|w| placement.workers.is_alive(w))
+                {
+                    tracing::warn!(%request_id, worker_id = %worker, "worker vanished mid-invocation; failing the call");
+                    let reply = InvokeReply::failed(
+                        request_id,
+                        nimbus_proto::WireError::new(
+                            nimbus_proto::ErrorCode::Internal,
+                            format!(
+                                "the worker running this invocation ({worker}) stopped before it finished"
+                            ),
+                        ),
+                    );
+                    let _ = placement.nats.publish(reply_to, encode(&reply)).await;
+                }
+            }
+        });
+    }
     loop {
         let msg = tokio::select! {
             m = sub.next() => m,
@@ -46,6 +76,7 @@ pub async fn run(
         };
         let placement = placement.clone();
         let registry = registry.clone();
+        let in_flight = in_flight.clone();
         tracker.spawn(async move {
             let _permit = permit;
             let req: InvokeRequest = match decode(&msg.payload) {
@@ -75,7 +106,11 @@ pub async fn run(
                     invocation_type: InvocationType::RequestResponse,
                     reply_to: reply_to.to_string(),
                 };
-                placement.dispatch(&d).await
+                let worker = placement.dispatch(&d).await?;
+                let deadline = std::time::Instant::now()
+                    + std::time::Duration::from_secs(u64::from(config.timeout_secs) + 5);
+                in_flight.track(&worker, &req.request_id, reply_to.to_string(), deadline);
+                Ok::<(), nimbus_proto::WireError>(())
             }
             .await;
             if let Err(err) = result {
@@ -89,4 +124,47 @@ pub async fn run(
     }
     let _ = sub.unsubscribe().await;
     Ok(())
+}
+
+/// Synchronous invocations this scheduler placed, by worker, until their deadline.
+/// Results bypass the scheduler, so an entry simply expires at its deadline; if its
+/// worker goes silent first, the caller gets an error at once.
+#[derive(Default)]
+struct InFlight {
+    calls: std::sync::Mutex<Vec<(String, String, String, std::time::Instant)>>,
+}
+
+impl InFlight {
+    fn track(
+        &self,
+        worker: &str,
+        request_id: &str,
+        reply_to: String,
+        deadline: std::time::Instant,
+    ) {
+        self.calls.lock().expect("lock poisoned").push((
+            worker.to_string(),
+            request_id.to_string(),
+            reply_to,
+            deadline,
+        ));
+    }
+
+    /// Drops expired entries; returns (and drops) those whose worker is gone.
+    fn sweep(&self, alive: impl Fn(&str) -> bool) -> Vec<(String, String, String)> {
+        let now = std::time::Instant::now();
+        let mut calls = self.calls.lock().expect("lock poisoned");
+        let mut orphaned = Vec::new();
+        calls.retain(|(worker, request_id, reply_to, deadline)| {
+            if *deadline <= now {
+                return false;
+            }
+            if !alive(worker) {
+                orphaned.push((worker.clone(), request_id.clone(), reply_to.clone()));
+                return false;
+            }
+            true
+        });
+        orphaned
+    }
 }
