@@ -1,8 +1,6 @@
 //! Code packages: checked as zips, hashed, stored content-addressed
 //! (`functions/<name>/<sha256 hex>.zip`) in the code store.
 
-use std::io::Read;
-
 use bytes::Bytes;
 use nimbus_common::CodeStore;
 use nimbus_proto::CodeRef;
@@ -13,57 +11,11 @@ use crate::error::ApiError;
 
 /// Lambda's limit for a zip uploaded in the request.
 pub const MAX_ZIP_BYTES: usize = 50 * 1024 * 1024;
-/// Lambda's limit for the unzipped package.
-pub const MAX_UNZIPPED_BYTES: u64 = 250 * 1024 * 1024;
-pub const MAX_ENTRIES: usize = 10_000;
-
-/// Checks that `bytes` is a zip a worker will be able to unpack; names the
-/// offending entry otherwise.
+/// Checks that `bytes` is a zip a worker will be able to unpack (the rules are
+/// `nimbus-package`'s, the worker applies them again); names the offending entry.
 pub fn validate_zip(bytes: &[u8]) -> Result<(), ApiError> {
-    let mut archive = zip::ZipArchive::new(std::io::Cursor::new(bytes)).map_err(|e| {
-        ApiError::InvalidParameter(format!(
-            "Could not unzip uploaded file. Please check your file, then try to upload again. ({e})"
-        ))
-    })?;
-    if archive.len() > MAX_ENTRIES {
-        return Err(ApiError::InvalidParameter(format!(
-            "The package has more than {MAX_ENTRIES} entries"
-        )));
-    }
-    let mut total: u64 = 0;
-    for i in 0..archive.len() {
-        let mut entry = archive
-            .by_index(i)
-            .map_err(|e| ApiError::InvalidParameter(format!("Could not read entry {i}: {e}")))?;
-        let name = entry
-            .name()
-            .map(|n| n.to_string())
-            .unwrap_or_else(|_| format!("#{i}"));
-        if entry.enclosed_name().is_none() || name.contains('\0') {
-            return Err(ApiError::InvalidParameter(format!(
-                "Entry {name:?} leaves the package root"
-            )));
-        }
-        let kind = entry.unix_mode().unwrap_or(0) & 0o170000;
-        if kind != 0 && kind != 0o100000 && kind != 0o040000 {
-            return Err(ApiError::InvalidParameter(format!(
-                "Entry {name:?} is not a regular file or directory"
-            )));
-        }
-        // Count real decompressed bytes, not the header's claim.
-        let n = std::io::copy(
-            &mut (&mut entry).take(MAX_UNZIPPED_BYTES - total + 1),
-            &mut std::io::sink(),
-        )
-        .map_err(|e| ApiError::InvalidParameter(format!("Entry {name:?} is corrupt: {e}")))?;
-        total += n;
-        if total > MAX_UNZIPPED_BYTES {
-            return Err(ApiError::InvalidParameter(
-                "Unzipped size must be smaller than 262144000 bytes".into(),
-            ));
-        }
-    }
-    Ok(())
+    nimbus_package::validate(bytes, &nimbus_package::Limits::LAMBDA)
+        .map_err(|e| ApiError::InvalidParameter(e.to_string()))
 }
 
 /// Validates and stores a package; returns where it lives.

@@ -6,7 +6,6 @@
 //! so a crash mid-unpack never leaves a half directory that looks valid.
 
 use std::collections::HashMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -15,10 +14,6 @@ use nimbus_proto::CodeRef;
 use object_store::ObjectStoreExt;
 use sha2::{Digest, Sha256};
 use tokio::sync::OnceCell;
-
-/// Limits of an unpacked package (Lambda's: 250 MB unzipped).
-pub const MAX_UNZIPPED_BYTES: u64 = 250 * 1024 * 1024;
-pub const MAX_ENTRIES: usize = 10_000;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum CodeError {
@@ -155,121 +150,9 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Unpacks a zip into `dest`, refusing entries that would land outside it, symlinks
-/// and device files, and enforcing Lambda's size limits. Set-id bits are dropped.
+/// Unpacks a zip into `dest` under the package rules (`nimbus-package`): nothing
+/// outside `dest`, no links or special files, Lambda's size limits, set-id bits
+/// dropped.
 pub fn unpack(bytes: &[u8], dest: &Path) -> Result<(), String> {
-    use std::os::unix::fs::PermissionsExt;
-    let mut archive =
-        zip::ZipArchive::new(std::io::Cursor::new(bytes)).map_err(|e| format!("not a zip: {e}"))?;
-    if archive.len() > MAX_ENTRIES {
-        return Err(format!("more than {MAX_ENTRIES} entries"));
-    }
-    std::fs::create_dir_all(dest).map_err(|e| e.to_string())?;
-    let mut total: u64 = 0;
-    for i in 0..archive.len() {
-        let mut entry = archive.by_index(i).map_err(|e| e.to_string())?;
-        let name = entry
-            .name()
-            .map(|n| n.to_string())
-            .unwrap_or_else(|_| format!("#{i}"));
-        let rel = entry
-            .enclosed_name()
-            .ok_or_else(|| format!("entry {name:?} leaves the package root"))?;
-        let mode = entry.unix_mode().unwrap_or(0);
-        let file_type = mode & 0o170000;
-        if file_type != 0 && file_type != 0o100000 && file_type != 0o040000 {
-            return Err(format!("entry {name:?} is not a regular file or directory"));
-        }
-        let out = dest.join(&rel);
-        if entry.is_dir() {
-            std::fs::create_dir_all(&out).map_err(|e| format!("{name}: {e}"))?;
-            continue;
-        }
-        if let Some(parent) = out.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| format!("{name}: {e}"))?;
-        }
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&out)
-            .map_err(|e| format!("{name}: {e}"))?;
-        let budget = MAX_UNZIPPED_BYTES - total;
-        let written = std::io::copy(&mut (&mut entry).take(budget + 1), &mut file)
-            .map_err(|e| format!("{name}: {e}"))?;
-        total += written;
-        if total > MAX_UNZIPPED_BYTES {
-            return Err(format!(
-                "unzipped size exceeds {} MB",
-                MAX_UNZIPPED_BYTES / 1024 / 1024
-            ));
-        }
-        let perm = if mode & 0o111 != 0 { 0o755 } else { 0o644 };
-        std::fs::set_permissions(&out, std::fs::Permissions::from_mode(perm))
-            .map_err(|e| format!("{name}: {e}"))?;
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::io::Write;
-
-    fn zip_of(entries: &[(&str, &[u8], u32)]) -> Vec<u8> {
-        let mut buf = std::io::Cursor::new(Vec::new());
-        let mut w = zip::ZipWriter::new(&mut buf);
-        for (name, data, mode) in entries {
-            let opts = zip::write::SimpleFileOptions::default().unix_permissions(*mode);
-            w.start_file(*name, opts).unwrap();
-            w.write_all(data).unwrap();
-        }
-        w.finish().unwrap();
-        buf.into_inner()
-    }
-
-    #[test]
-    fn unpacks_and_keeps_exec_bit() {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().unwrap();
-        let z = zip_of(&[
-            ("bootstrap", b"#!/bin/sh\n", 0o755),
-            ("lib/a.txt", b"a", 0o644),
-        ]);
-        unpack(&z, dir.path()).unwrap();
-        let meta = std::fs::metadata(dir.path().join("bootstrap")).unwrap();
-        assert_eq!(meta.permissions().mode() & 0o777, 0o755);
-        assert_eq!(std::fs::read(dir.path().join("lib/a.txt")).unwrap(), b"a");
-    }
-
-    #[test]
-    fn refuses_escape() {
-        let dir = tempfile::tempdir().unwrap();
-        let z = zip_of(&[("../evil", b"x", 0o644)]);
-        let err = unpack(&z, &dir.path().join("root")).unwrap_err();
-        assert!(err.contains("../evil"), "{err}");
-        assert!(!dir.path().join("evil").exists());
-    }
-
-    #[test]
-    fn refuses_non_zip() {
-        let dir = tempfile::tempdir().unwrap();
-        assert!(
-            unpack(b"hello", dir.path())
-                .unwrap_err()
-                .contains("not a zip")
-        );
-    }
-
-    #[test]
-    fn drops_setuid() {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().unwrap();
-        let z = zip_of(&[("x", b"x", 0o4755)]);
-        unpack(&z, dir.path()).unwrap();
-        let mode = std::fs::metadata(dir.path().join("x"))
-            .unwrap()
-            .permissions()
-            .mode();
-        assert_eq!(mode & 0o7777, 0o755);
-    }
+    nimbus_package::unpack(bytes, dest, &nimbus_package::Limits::LAMBDA).map_err(|e| e.to_string())
 }
