@@ -247,3 +247,59 @@ async fn retries_dead_letters_redrive_and_destinations() {
     assert_eq!(rec["requestPayload"]["name"], "dest");
     cluster.stop();
 }
+
+#[tokio::test]
+async fn environment_secrets_stay_out_of_platform_output() {
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start(ClusterOpts {
+        env: vec![("NIMBUS_RETRY_DELAY_MS".into(), "100".into())],
+        ..Default::default()
+    })
+    .await;
+    let secret = "s3cr3t-value-7f2a9c";
+    let env = json!({"Environment": {"Variables": {"DB_PASSWORD": secret}}});
+    cluster
+        .create_function("leaky", "python3.12", "app.fail", &python_zip(), env)
+        .await;
+    let (s, _) = put_config(&cluster, "leaky", json!({"MaximumRetryAttempts": 0})).await;
+    assert_eq!(s, 200);
+    // A synchronous failure, an async failure (dead letter), a timeout-free run.
+    let r = cluster.invoke("leaky", &json!({"why": "sync"})).await;
+    assert_eq!(
+        r.header("X-Amz-Function-Error").as_deref(),
+        Some("Unhandled")
+    );
+    event(&cluster, "leaky", json!({"why": "async"})).await;
+    let letters = eventually(Duration::from_secs(30), "the dead letter", || async {
+        let doc = get_json(&cluster, "/nimbus/v1/functions/leaky/dlq").await;
+        let recs = doc["records"].as_array().cloned().unwrap_or_default();
+        (!recs.is_empty()).then_some(recs)
+    })
+    .await;
+    let seq = letters[0]["seq"].as_u64().unwrap();
+    let record = get_json(&cluster, &format!("/nimbus/v1/functions/leaky/dlq/{seq}")).await;
+    assert!(
+        !record.to_string().contains(secret),
+        "dead letter leaks the secret: {record}"
+    );
+    let metrics = cluster
+        .http
+        .get(cluster.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!metrics.contains(secret));
+    // The platform's own logs never carry it (the function's configuration does, of
+    // course, and get_function shows it to the owner as Lambda does).
+    for p in [&cluster.gateway, &cluster.scheduler, &cluster.workers[0]] {
+        assert!(
+            !p.log_text().contains(secret),
+            "{} logged the secret",
+            p.name
+        );
+    }
+    cluster.stop();
+}
