@@ -222,6 +222,75 @@ async fn a_sync_call_whose_worker_dies_fails_fast() {
 }
 
 #[tokio::test]
+async fn a_draining_worker_finishes_its_work_and_takes_no_more() {
+    let _serial = SERIAL.lock().await;
+    let mut cluster = Cluster::start(ClusterOpts {
+        workers: 2,
+        ..Default::default()
+    })
+    .await;
+    let mark = cluster.data.path().join("marks.txt");
+    cluster
+        .create_function(
+            "slow",
+            "python3.12",
+            "app.slow_mark",
+            &python_zip(),
+            json!({"Timeout": 60, "Environment": {"Variables": {"MARK_FILE": mark.to_str().unwrap()}}}),
+        )
+        .await;
+    let endpoint = cluster.endpoint.clone();
+    let call = tokio::spawn(async move {
+        let resp = reqwest::Client::new()
+            .post(format!("{endpoint}/2015-03-31/functions/slow/invocations"))
+            .body(r#"{"id":"inflight","sleep":3}"#)
+            .send()
+            .await
+            .unwrap();
+        (resp.status().as_u16(), resp.text().await.unwrap())
+    });
+    let started = eventually(Duration::from_secs(20), "the call to start", || async {
+        marks(&mark)
+            .into_iter()
+            .find(|l| l.starts_with("start inflight"))
+    })
+    .await;
+    let busy = (1..=2)
+        .find(|n| started.contains(&format!("/worker-{n}/")))
+        .unwrap();
+    // SIGTERM: the worker drains. Meanwhile new calls go to the other worker.
+    cluster.workers[busy - 1].signal(nix::sys::signal::Signal::SIGTERM);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for i in 0..3 {
+        let r = cluster
+            .invoke("slow", &json!({"id": format!("after-{i}"), "sleep": 0}))
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let (status, body) = call.await.unwrap();
+    assert_eq!(status, 200, "the in-flight call finished: {body}");
+    assert_eq!(body, r#"{"ok": true}"#);
+    let all = marks(&mark);
+    for i in 0..3 {
+        let done = all
+            .iter()
+            .find(|l| l.starts_with(&format!("done after-{i} ")))
+            .unwrap();
+        assert!(
+            !done.contains(&format!("/worker-{busy}/")),
+            "a draining worker took new work: {done}"
+        );
+    }
+    // And it exits cleanly once drained.
+    assert!(
+        cluster.workers[busy - 1].terminate(Duration::from_secs(20)),
+        "{}",
+        cluster.workers[busy - 1].log_text()
+    );
+    cluster.stop();
+}
+
+#[tokio::test]
 async fn every_slot_busy_gives_429() {
     let _serial = SERIAL.lock().await;
     let cluster = Cluster::start(ClusterOpts {
