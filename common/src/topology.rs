@@ -15,6 +15,7 @@ pub struct Topology {
     pub routes: kv::Store,
     pub leases: kv::Store,
     pub watch_state: kv::Store,
+    pub completions: kv::Store,
     pub schedule_state: kv::Store,
     pub async_stream: stream::Stream,
 }
@@ -47,6 +48,22 @@ pub async fn ensure(
     let schedules = bucket(&js, names.schedules_bucket(), "Nimbus schedules").await?;
     let routes = bucket(&js, names.routes_bucket(), "Nimbus HTTP routes").await?;
     let leases = bucket(&js, names.leases_bucket(), "Nimbus leases").await?;
+    let completions = match js.get_key_value(names.completions_bucket()).await {
+        Ok(kv) => kv,
+        Err(_) => js
+            .create_key_value(kv::Config {
+                bucket: names.completions_bucket(),
+                description: "Nimbus completed async attempts (dedupe of redeliveries)".into(),
+                history: 1,
+                // Longer than any redelivery delay (ack wait 30 s, plus slack).
+                max_age: Duration::from_secs(30 * 60),
+                max_bytes: 512 * 1024 * 1024,
+                storage: stream::StorageType::File,
+                ..Default::default()
+            })
+            .await
+            .context("creating the completions KV bucket")?,
+    };
     let watch_state = bucket(
         &js,
         names.watch_state_bucket(),
@@ -106,6 +123,7 @@ pub async fn ensure(
         routes,
         leases,
         watch_state,
+        completions,
         schedule_state,
         async_stream,
     })

@@ -76,8 +76,29 @@ pub struct Dispatch {
     pub invocation_type: InvocationType,
     /// Where the worker sends the [`InvokeReply`].
     pub reply_to: String,
+    /// For asynchronous invocations: which attempt this is (0 = the first).
+    #[serde(default)]
+    pub attempt: u32,
 }
 versioned!(Dispatch);
+
+/// Key of an asynchronous attempt's completion record in the completions bucket.
+/// Workers write the record before replying; a scheduler that receives the same
+/// attempt again (JetStream redelivered it because the scheduler holding it died
+/// after the function ran) finds it and does not run the function twice.
+pub fn completion_key(request_id: &str, attempt: u32) -> String {
+    let safe: String = request_id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("{safe}.{attempt}")
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AckResult {

@@ -34,7 +34,7 @@ pub use function::{
 };
 pub use invoke::{
     AckResult, AsyncInvocation, Dispatch, DispatchAck, InvocationType, InvokeOutcome, InvokeReply,
-    InvokeRequest,
+    InvokeRequest, completion_key,
 };
 pub use logs::LogRecord;
 pub use route::{FunctionUrlConfig, RouteConfig};

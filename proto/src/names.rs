@@ -31,6 +31,11 @@ impl Names {
         format!("{}_SCHEDULE_STATE", self.upper)
     }
 
+    /// KV bucket of completed asynchronous attempts (short-lived records).
+    pub fn completions_bucket(&self) -> String {
+        format!("{}_COMPLETIONS", self.upper)
+    }
+
     /// KV bucket of leases for singleton tasks (bucket watchers).
     pub fn leases_bucket(&self) -> String {
         format!("{}_LEASES", self.upper)

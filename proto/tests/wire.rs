@@ -39,6 +39,7 @@ fn dispatch_round_trips() {
         log_tail: true,
         invocation_type: InvocationType::RequestResponse,
         reply_to: "_INBOX.x".into(),
+        attempt: 0,
     };
     let bytes = encode(&d);
     let back: Dispatch = decode(&bytes).unwrap();

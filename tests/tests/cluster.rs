@@ -291,6 +291,82 @@ async fn a_draining_worker_finishes_its_work_and_takes_no_more() {
 }
 
 #[tokio::test]
+async fn an_event_whose_scheduler_dies_after_it_ran_is_not_run_again() {
+    let _serial = SERIAL.lock().await;
+    let mut cluster = Cluster::start(ClusterOpts::default()).await;
+    let mark = cluster.data.path().join("marks.txt");
+    cluster
+        .create_function(
+            "once",
+            "python3.12",
+            "app.slow_mark",
+            &python_zip(),
+            json!({"Timeout": 60, "Environment": {"Variables": {"MARK_FILE": mark.to_str().unwrap()}}}),
+        )
+        .await;
+    let r = cluster
+        .invoke_raw(
+            "once",
+            serde_json::to_vec(&json!({"id": "solo", "sleep": 2})).unwrap(),
+            &[("X-Amz-Invocation-Type", "Event")],
+        )
+        .await;
+    assert_eq!(r.status, 202);
+    eventually(Duration::from_secs(20), "the event to start", || async {
+        marks(&mark)
+            .iter()
+            .any(|l| l.starts_with("start solo"))
+            .then_some(())
+    })
+    .await;
+    // The only scheduler dies holding the unacknowledged message; the function
+    // finishes on the worker regardless.
+    cluster.scheduler.kill();
+    eventually(
+        Duration::from_secs(20),
+        "the function to finish",
+        || async {
+            marks(&mark)
+                .iter()
+                .any(|l| l.starts_with("done solo"))
+                .then_some(())
+        },
+    )
+    .await;
+    let mut cmd = std::process::Command::new(bin("nimbus-scheduler"));
+    cmd.env("NIMBUS_NATS_URL", &cluster.nats.url)
+        .env("NIMBUS_DATA_DIR", cluster.data.path().join("scheduler-2"));
+    cluster.scheduler = Proc::spawn_for_test("scheduler-2", cmd, cluster.data.path());
+    // JetStream redelivers after its ack wait (30 s); the new scheduler finds the
+    // worker's completion record and acks without running the function again.
+    eventually(
+        Duration::from_secs(60),
+        "the redelivery to be settled",
+        || async {
+            cluster
+                .scheduler
+                .log_text()
+                .contains("already ran")
+                .then_some(())
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let all = marks(&mark);
+    assert_eq!(
+        all.iter().filter(|l| l.starts_with("start solo")).count(),
+        1,
+        "{all:?}"
+    );
+    assert_eq!(
+        all.iter().filter(|l| l.starts_with("done solo")).count(),
+        1,
+        "{all:?}"
+    );
+    cluster.stop();
+}
+
+#[tokio::test]
 async fn every_slot_busy_gives_429() {
     let _serial = SERIAL.lock().await;
     let cluster = Cluster::start(ClusterOpts {

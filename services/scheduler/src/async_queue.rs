@@ -49,6 +49,8 @@ pub struct AsyncQueue {
     pub region: String,
     /// First retry's delay; doubled for each further retry.
     pub retry_delay: Duration,
+    /// Completion records written by workers (see [`nimbus_proto::completion_key`]).
+    pub completions: async_nats::jetstream::kv::Store,
 }
 
 pub async fn run(
@@ -148,7 +150,11 @@ impl AsyncQueue {
                 .await;
             return;
         }
-        match self.run_once(&msg, &inv, revision, &config).await {
+        let ran = match self.completed_before(&msg, &inv).await {
+            Some(reply) => Ran::Finished(reply),
+            None => self.run_once(&msg, &inv, revision, &config).await,
+        };
+        match ran {
             Ran::Again(delay) => {
                 let _ = msg.ack_with(AckKind::Nak(delay)).await;
             }
@@ -203,6 +209,24 @@ impl AsyncQueue {
         }
     }
 
+    /// A redelivered attempt that already ran to completion (its scheduler died before
+    /// acking): the worker's completion record, so it is not run twice.
+    async fn completed_before(
+        &self,
+        msg: &jetstream::Message,
+        inv: &AsyncInvocation,
+    ) -> Option<InvokeReply> {
+        let delivered = msg.info().map(|i| i.delivered).unwrap_or(1);
+        if delivered <= 1 {
+            return None;
+        }
+        let key = nimbus_proto::completion_key(&inv.request_id, inv.attempt);
+        let entry = self.completions.entry(&key).await.ok().flatten()?;
+        let reply = decode::<InvokeReply>(&entry.value).ok()?;
+        tracing::info!(request_id = %inv.request_id, attempt = inv.attempt, delivered, "redelivered invocation already ran; using its recorded outcome");
+        Some(reply)
+    }
+
     /// Places the invocation and waits for its reply.
     async fn run_once(
         &self,
@@ -229,6 +253,7 @@ impl AsyncQueue {
             log_tail: false,
             invocation_type: InvocationType::Event,
             reply_to: inbox,
+            attempt: inv.attempt,
         };
         let worker = match placement.dispatch(&d).await {
             Ok(w) => w,

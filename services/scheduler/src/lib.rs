@@ -144,6 +144,7 @@ pub async fn run(
         deliverer,
         region: cfg.region.clone(),
         retry_delay: cfg.retry_delay,
+        completions: topology.completions.clone(),
     });
     let asynchronous = tokio::spawn(async_queue::run(
         queue,

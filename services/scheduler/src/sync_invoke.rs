@@ -105,6 +105,7 @@ pub async fn run(
                     log_tail: req.log_tail,
                     invocation_type: InvocationType::RequestResponse,
                     reply_to: reply_to.to_string(),
+                    attempt: 0,
                 };
                 let worker = placement.dispatch(&d).await?;
                 let deadline = std::time::Instant::now()

@@ -62,6 +62,10 @@ pub struct WorkerConfig {
 struct Worker {
     cfg: WorkerConfig,
     nats: async_nats::Client,
+    /// Completion records of asynchronous attempts (opened on first use: the bucket
+    /// is created by gateways and schedulers).
+    completions: tokio::sync::OnceCell<async_nats::jetstream::kv::Store>,
+    completions_bucket: String,
     subjects: Subjects,
     code: CodeCache,
     pool: Pool,
@@ -77,6 +81,7 @@ pub async fn run(
     cfg: WorkerConfig,
     nats: async_nats::Client,
     subjects: Subjects,
+    names: nimbus_proto::Names,
     store: CodeStore,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -103,6 +108,8 @@ pub async fn run(
         },
         cfg,
         nats: nats.clone(),
+        completions: tokio::sync::OnceCell::new(),
+        completions_bucket: names.completions_bucket(),
         subjects,
         code,
         pool: Pool::default(),
@@ -247,8 +254,13 @@ impl Worker {
         let w = self.clone();
         tracker.spawn(async move {
             let reply_to = dispatch.reply_to.clone();
+            let event = (dispatch.invocation_type == nimbus_proto::InvocationType::Event)
+                .then(|| nimbus_proto::completion_key(&dispatch.request_id, dispatch.attempt));
             let (reply, log) = w.execute(dispatch).await;
             w.busy.fetch_sub(1, Ordering::SeqCst);
+            if let Some(key) = event {
+                w.record_completion(&key, &reply).await;
+            }
             if let Err(e) = w.nats.publish(reply_to, encode(&reply)).await {
                 tracing::warn!(request_id = %reply.request_id, error = %e, "reply not sent");
             }
@@ -257,6 +269,45 @@ impl Worker {
                 w.publish_log(&function, &reply.request_id, &text).await;
             }
         });
+    }
+
+    /// Records that an asynchronous attempt ran (before replying), so a redelivery of
+    /// it — its scheduler died before acking — is not run again.
+    async fn record_completion(&self, key: &str, reply: &InvokeReply) {
+        if matches!(reply.outcome, InvokeOutcome::Failed(_)) {
+            return; // it did not run: running it again is right
+        }
+        let store = self
+            .completions
+            .get_or_try_init(|| async {
+                async_nats::jetstream::new(self.nats.clone())
+                    .get_key_value(self.completions_bucket.clone())
+                    .await
+            })
+            .await;
+        let Ok(store) = store else {
+            tracing::warn!(
+                key,
+                "completions bucket unavailable; a redelivery could run this again"
+            );
+            return;
+        };
+        // Large results are recorded without their payload: a redelivery then
+        // reports the outcome without the response body.
+        let mut recorded = reply.clone();
+        match &mut recorded.outcome {
+            InvokeOutcome::Success { payload, log_tail }
+            | InvokeOutcome::FunctionError { payload, log_tail } => {
+                *log_tail = None;
+                if payload.len() > 1024 * 1024 {
+                    *payload = bytes::Bytes::new();
+                }
+            }
+            InvokeOutcome::Failed(_) => {}
+        }
+        if let Err(e) = store.put(key, encode(&recorded)).await {
+            tracing::warn!(key, error = %e, "completion not recorded; a redelivery could run this again");
+        }
     }
 
     async fn ack(&self, to: async_nats::Subject, result: AckResult) {

@@ -83,7 +83,7 @@ async fn main_exec() -> anyhow::Result<()> {
         region: args.region,
         drain_timeout: Duration::from_secs(args.drain_timeout_secs),
     };
-    nimbus_worker::run(cfg, nats, subjects, store, shutdown).await
+    nimbus_worker::run(cfg, nats, subjects, args.nats.names(), store, shutdown).await
 }
 
 /// `name` on PATH (or the usual places), resolved to the real binary.
