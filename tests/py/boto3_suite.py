@@ -11,7 +11,7 @@ import boto3
 import botocore.config
 from botocore.exceptions import ClientError
 
-endpoint, fixtures = sys.argv[1], sys.argv[2]
+endpoint, fixtures, rust_bootstrap = sys.argv[1], sys.argv[2], sys.argv[3]
 lam = boto3.client(
     "lambda",
     endpoint_url=endpoint,
@@ -88,6 +88,25 @@ check("hello from sdk-hello count 1" in log, "Tail log has the function's own pr
 check("REPORT RequestId: " + body["request_id"] in log and "Init Duration" in log, "Tail log has the REPORT line with Init Duration on a cold start")
 r2 = json.loads(lam.invoke(FunctionName="sdk-hello", Payload=b"{}")["Payload"].read())
 check(r2["count"] == 2, "second invocation reuses the warm instance")
+
+# custom runtimes through boto3: a bash bootstrap and a Rust lambda_runtime binary
+def exec_zip(path):
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        info = zipfile.ZipInfo("bootstrap")
+        info.external_attr = 0o100755 << 16
+        info.compress_type = zipfile.ZIP_DEFLATED
+        z.writestr(info, open(path, "rb").read())
+    return buf.getvalue()
+
+lam.create_function(FunctionName="sdk-shell", Runtime="provided.al2023", Role="r", Handler="x",
+                    Code={"ZipFile": exec_zip(fixtures + "/shell/bootstrap")}, Environment={"Variables": {"MY_VAR": "boto"}})
+out = json.loads(lam.invoke(FunctionName="sdk-shell", Payload=b'{"k": 1}')["Payload"].read())
+check(out == {"shell": True, "var": "boto", "event": {"k": 1}}, "a shell bootstrap deployed with boto3 runs: %s" % out)
+lam.create_function(FunctionName="sdk-rust", Runtime="provided.al2", Role="r", Handler="bootstrap",
+                    Code={"ZipFile": exec_zip(rust_bootstrap)})
+out = json.loads(lam.invoke(FunctionName="sdk-rust", Payload=b'{"from": "boto3"}')["Payload"].read())
+check(out["rust"] is True and out["event"] == {"from": "boto3"} and out["function"] == "sdk-rust", "a Rust lambda_runtime function deployed with boto3 runs")
 
 # function error
 lam.create_function(FunctionName="sdk-fail", Runtime="python3.11", Role="r", Handler="app.fail", Code={"ZipFile": pkg})

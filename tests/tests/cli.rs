@@ -82,6 +82,50 @@ async fn deploy_invoke_list_logs_remove() {
         "{out}"
     );
 
+    // Custom runtimes through the CLI: a directory with a bash bootstrap, and a zip
+    // holding a Rust lambda_runtime binary.
+    let (ok, out, err) = nimbus_split(
+        &ep,
+        &[
+            "deploy",
+            "sh",
+            "--runtime",
+            "provided.al2023",
+            "--code",
+            fixture("shell").to_str().unwrap(),
+            "--env",
+            "MY_VAR=cli",
+        ],
+    );
+    assert!(ok, "{out}{err}");
+    let (ok, out, err) = nimbus_split(&ep, &["invoke", "sh", "--payload", r#"{"via":"cli"}"#]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(
+        v,
+        serde_json::json!({"shell": true, "var": "cli", "event": {"via": "cli"}})
+    );
+    let zips = tempfile::tempdir().unwrap();
+    let rust_zip_path = zips.path().join("rust.zip");
+    std::fs::write(&rust_zip_path, rust_zip()).unwrap();
+    let (ok, out, err) = nimbus_split(
+        &ep,
+        &[
+            "deploy",
+            "rs",
+            "--runtime",
+            "provided.al2023",
+            "--code",
+            rust_zip_path.to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "{out}{err}");
+    let (ok, out, err) = nimbus_split(&ep, &["invoke", "rs", "--payload", r#"{"via":"cli"}"#]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["rust"], true);
+    assert_eq!(v["event"]["via"], "cli");
+
     // A function error: printed, exit status 1.
     let (ok, out, err) = nimbus_split(
         &ep,

@@ -10,6 +10,7 @@ async fn boto3_lambda_api() {
         .arg(workspace_root().join("tests/py/boto3_suite.py"))
         .arg(&cluster.endpoint)
         .arg(workspace_root().join("tests/fixtures"))
+        .arg(bin_dir().join("rust-echo-function"))
         .output()
         .expect("running python");
     let stdout = String::from_utf8_lossy(&out.stdout);
