@@ -7,6 +7,7 @@
 
 pub mod code_store;
 pub mod kv_cache;
+pub mod metrics_http;
 pub mod nats;
 pub mod shutdown;
 pub mod telemetry;

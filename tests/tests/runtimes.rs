@@ -349,3 +349,53 @@ async fn nodejs_runtime_async_callback_and_errors() {
     );
     cluster.stop();
 }
+
+/// The address a service logged as `metrics listening addr=…`.
+fn metrics_addr(log: &str) -> Option<String> {
+    log.lines()
+        .find(|l| l.contains("metrics listening"))
+        .and_then(|l| l.split("addr=").nth(1))
+        .map(|a| a.split_whitespace().next().unwrap_or("").to_string())
+}
+
+#[tokio::test]
+async fn scheduler_and_worker_expose_metrics() {
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start(ClusterOpts {
+        env: vec![("NIMBUS_METRICS_ADDR".into(), "127.0.0.1:0".into())],
+        ..Default::default()
+    })
+    .await;
+    cluster
+        .create_function(
+            "counted",
+            "python3.12",
+            "app.handler",
+            &python_zip(),
+            json!({}),
+        )
+        .await;
+    for _ in 0..2 {
+        assert_eq!(cluster.invoke("counted", &json!({})).await.status, 200);
+    }
+    let worker = metrics_addr(&cluster.workers[0].log_text()).expect("worker metrics address");
+    let scheduler = metrics_addr(&cluster.scheduler.log_text()).expect("scheduler metrics address");
+    let get = |addr: String, path: &str| {
+        let url = format!("http://{addr}{path}");
+        let http = cluster.http.clone();
+        async move { http.get(url).send().await.unwrap().text().await.unwrap() }
+    };
+    assert_eq!(get(worker.clone(), "/healthz").await, "ok");
+    let w = get(worker, "/metrics").await;
+    assert!(
+        w.contains("nimbus_worker_invocations_total{outcome=\"success\"} 2"),
+        "{w}"
+    );
+    assert!(w.contains("nimbus_worker_cold_starts_total 1"), "{w}");
+    let s = get(scheduler, "/metrics").await;
+    assert!(
+        s.contains("nimbus_scheduler_dispatches_total{result=\"accepted\"} 2"),
+        "{s}"
+    );
+    cluster.stop();
+}

@@ -8,6 +8,9 @@ use clap::Parser;
 struct Args {
     #[command(flatten)]
     nats: nimbus_common::NatsArgs,
+    /// Serve /metrics and /healthz on this address (off when unset).
+    #[arg(long, env = "NIMBUS_METRICS_ADDR")]
+    metrics_addr: Option<String>,
     /// Seconds a stopping scheduler waits for in-flight invocations.
     #[arg(long, env = "NIMBUS_DRAIN_TIMEOUT_SECS", default_value_t = 60)]
     drain_timeout_secs: u64,
@@ -46,6 +49,9 @@ async fn main() -> std::process::ExitCode {
 async fn main_exec() -> anyhow::Result<()> {
     let args = Args::parse();
     let shutdown = nimbus_common::shutdown_signal()?;
+    if let Some(addr) = &args.metrics_addr {
+        nimbus_common::metrics_http::serve(addr, shutdown.clone()).await?;
+    }
     let subjects = args.nats.subjects()?;
     let names = args.nats.names();
     let nats = nimbus_common::connect(&args.nats, "nimbus-scheduler").await?;

@@ -48,6 +48,7 @@ impl Placement {
                         ..
                     }) => {
                         self.workers.dispatched(worker, &d.config.name, d.revision);
+                        metrics::counter!("nimbus_scheduler_dispatches_total", "result" => "accepted").increment(1);
                         tracing::debug!(request_id = %d.request_id, worker_id = %worker, "dispatched");
                         return Ok(worker.clone());
                     }
@@ -57,6 +58,7 @@ impl Placement {
                     }) => {
                         tracing::debug!(request_id = %d.request_id, worker_id = %worker, %reason, "worker refused");
                         self.workers.refused(worker);
+                        metrics::counter!("nimbus_scheduler_dispatches_total", "result" => "refused").increment(1);
                     }
                     Err(e) => {
                         tracing::warn!(worker_id = %worker, error = %e, "undecodable dispatch ack")
@@ -72,6 +74,7 @@ impl Placement {
 }
 
 fn throttled(no_workers: bool) -> WireError {
+    metrics::counter!("nimbus_scheduler_dispatches_total", "result" => "throttled").increment(1);
     let message = if no_workers {
         "Rate Exceeded. No worker is available to run the function."
     } else {

@@ -241,6 +241,7 @@ impl Worker {
             }
         };
         if !self.try_acquire_slot() {
+            metrics::counter!("nimbus_worker_dispatches_refused_total").increment(1);
             self.ack(
                 ack_to,
                 AckResult::Refused {
@@ -256,8 +257,20 @@ impl Worker {
             let reply_to = dispatch.reply_to.clone();
             let event = (dispatch.invocation_type == nimbus_proto::InvocationType::Event)
                 .then(|| nimbus_proto::completion_key(&dispatch.request_id, dispatch.attempt));
+            let started = std::time::Instant::now();
             let (reply, log) = w.execute(dispatch).await;
             w.busy.fetch_sub(1, Ordering::SeqCst);
+            let outcome = match &reply.outcome {
+                InvokeOutcome::Success { .. } => "success",
+                InvokeOutcome::FunctionError { .. } => "function_error",
+                InvokeOutcome::Failed(_) => "failed",
+            };
+            metrics::counter!("nimbus_worker_invocations_total", "outcome" => outcome).increment(1);
+            metrics::histogram!("nimbus_worker_invocation_seconds")
+                .record(started.elapsed().as_secs_f64());
+            if reply.init_duration_us.is_some() {
+                metrics::counter!("nimbus_worker_cold_starts_total").increment(1);
+            }
             if let Some(key) = event {
                 w.record_completion(&key, &reply).await;
             }

@@ -10,6 +10,9 @@ use clap::Parser;
 struct Args {
     #[command(flatten)]
     nats: nimbus_common::NatsArgs,
+    /// Serve /metrics and /healthz on this address (off when unset).
+    #[arg(long, env = "NIMBUS_METRICS_ADDR")]
+    metrics_addr: Option<String>,
     /// This worker's id (letters, digits, `-`, `_`); random when unset.
     #[arg(long, env = "NIMBUS_WORKER_ID")]
     worker_id: Option<String>,
@@ -55,6 +58,9 @@ async fn main() -> std::process::ExitCode {
 async fn main_exec() -> anyhow::Result<()> {
     let args = Args::parse();
     let shutdown = nimbus_common::shutdown_signal()?;
+    if let Some(addr) = &args.metrics_addr {
+        nimbus_common::metrics_http::serve(addr, shutdown.clone()).await?;
+    }
     let data_dir = std::path::absolute(&args.data_dir).context("data dir")?;
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("creating data dir {}", data_dir.display()))?;
