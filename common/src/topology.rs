@@ -31,49 +31,39 @@ pub async fn ensure(
     duplicate_window: Duration,
 ) -> anyhow::Result<Topology> {
     let js = jetstream::new(nats.clone());
-    let functions = match js.get_key_value(names.functions_bucket()).await {
-        Ok(kv) => kv,
-        Err(_) => js
-            .create_key_value(kv::Config {
-                bucket: names.functions_bucket(),
-                description: "Nimbus function configurations".into(),
-                history: 1,
-                storage: stream::StorageType::File,
-                ..Default::default()
-            })
-            .await
-            .context("creating the functions KV bucket")?,
-    };
-    let triggers = bucket(&js, names.triggers_bucket(), "Nimbus event triggers").await?;
-    let schedules = bucket(&js, names.schedules_bucket(), "Nimbus schedules").await?;
-    let routes = bucket(&js, names.routes_bucket(), "Nimbus HTTP routes").await?;
-    let leases = bucket(&js, names.leases_bucket(), "Nimbus leases").await?;
-    let completions = match js.get_key_value(names.completions_bucket()).await {
-        Ok(kv) => kv,
-        Err(_) => js
-            .create_key_value(kv::Config {
-                bucket: names.completions_bucket(),
-                description: "Nimbus completed async attempts (dedupe of redeliveries)".into(),
-                history: 1,
-                // Longer than any redelivery delay (ack wait 30 s, plus slack).
-                max_age: Duration::from_secs(30 * 60),
-                max_bytes: 512 * 1024 * 1024,
-                storage: stream::StorageType::File,
-                ..Default::default()
-            })
-            .await
-            .context("creating the completions KV bucket")?,
-    };
+    let functions = bucket(
+        &js,
+        plain(names.functions_bucket(), "Nimbus function configurations"),
+    )
+    .await?;
+    let triggers = bucket(&js, plain(names.triggers_bucket(), "Nimbus event triggers")).await?;
+    let schedules = bucket(&js, plain(names.schedules_bucket(), "Nimbus schedules")).await?;
+    let routes = bucket(&js, plain(names.routes_bucket(), "Nimbus HTTP routes")).await?;
+    let leases = bucket(&js, plain(names.leases_bucket(), "Nimbus leases")).await?;
+    let completions = bucket(
+        &js,
+        kv::Config {
+            // Longer than any redelivery delay (ack wait 30 s, plus slack).
+            max_age: Duration::from_secs(30 * 60),
+            max_bytes: 512 * 1024 * 1024,
+            ..plain(
+                names.completions_bucket(),
+                "Nimbus completed async attempts (dedupe of redeliveries)",
+            )
+        },
+    )
+    .await?;
     let watch_state = bucket(
         &js,
-        names.watch_state_bucket(),
-        "Nimbus bucket watcher state",
+        plain(names.watch_state_bucket(), "Nimbus bucket watcher state"),
     )
     .await?;
     let schedule_state = bucket(
         &js,
-        names.schedule_state_bucket(),
-        "Nimbus schedule state: last instant fired",
+        plain(
+            names.schedule_state_bucket(),
+            "Nimbus schedule state: last instant fired",
+        ),
     )
     .await?;
     let async_stream = js
@@ -129,22 +119,26 @@ pub async fn ensure(
     })
 }
 
-async fn bucket(
-    js: &jetstream::Context,
-    name: String,
-    description: &str,
-) -> anyhow::Result<kv::Store> {
-    match js.get_key_value(name.clone()).await {
+/// A bucket of one history entry in file storage: every bucket Nimbus uses.
+fn plain(name: String, description: &str) -> kv::Config {
+    kv::Config {
+        bucket: name,
+        description: description.into(),
+        history: 1,
+        storage: stream::StorageType::File,
+        ..Default::default()
+    }
+}
+
+/// Opens a KV bucket, creating it with `config` if it does not exist yet.
+async fn bucket(js: &jetstream::Context, config: kv::Config) -> anyhow::Result<kv::Store> {
+    match js.get_key_value(config.bucket.clone()).await {
         Ok(kv) => Ok(kv),
-        Err(_) => js
-            .create_key_value(kv::Config {
-                bucket: name.clone(),
-                description: description.into(),
-                history: 1,
-                storage: stream::StorageType::File,
-                ..Default::default()
-            })
-            .await
-            .with_context(|| format!("creating the {name} KV bucket")),
+        Err(_) => {
+            let name = config.bucket.clone();
+            js.create_key_value(config)
+                .await
+                .with_context(|| format!("creating the {name} KV bucket"))
+        }
     }
 }

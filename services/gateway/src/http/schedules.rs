@@ -79,14 +79,6 @@ fn shape(s: &ScheduleConfig) -> Value {
     })
 }
 
-async fn bucket(state: &AppState) -> Result<kv::Store, ApiError> {
-    state
-        .js
-        .get_key_value(state.names.schedules_bucket())
-        .await
-        .map_err(|e| ApiError::Service(format!("opening the schedules bucket: {e}")))
-}
-
 pub async fn create(
     State(state): State<Arc<AppState>>,
     body: Body,
@@ -146,8 +138,8 @@ pub async fn create(
         misfire,
         created_ms: created,
     };
-    bucket(&state)
-        .await?
+    state
+        .schedules
         .create(&cfg.name, encode(&cfg))
         .await
         .map_err(|e| match e.kind() {
@@ -161,8 +153,8 @@ pub async fn create(
 }
 
 pub async fn list(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
-    let kv = bucket(&state).await?;
-    let mut out: Vec<ScheduleConfig> = super::bucket_values(&kv).await;
+    let kv = &state.schedules;
+    let mut out: Vec<ScheduleConfig> = super::bucket_values(kv).await;
     out.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(Json(
         json!({ "schedules": out.iter().map(shape).collect::<Vec<_>>() }),
@@ -174,7 +166,7 @@ pub async fn get(
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     validate_function_name(&name).map_err(|_| ApiError::NotFound(format!("No schedule {name}")))?;
-    match bucket(&state).await?.entry(&name).await {
+    match state.schedules.entry(&name).await {
         Ok(Some(e)) if e.operation == kv::Operation::Put => {
             let s: ScheduleConfig =
                 decode(&e.value).map_err(|e| ApiError::Service(e.to_string()))?;
@@ -189,19 +181,13 @@ pub async fn delete(
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let _ = get(State(state.clone()), Path(name.clone())).await?;
-    bucket(&state)
-        .await?
+    state
+        .schedules
         .delete(&name)
         .await
         .map_err(|e| ApiError::Service(format!("deleting the schedule: {e}")))?;
     // Its firing record goes too, so a new schedule of the same name starts fresh.
-    if let Ok(st) = state
-        .js
-        .get_key_value(state.names.schedule_state_bucket())
-        .await
-    {
-        let _ = st.purge(&name).await;
-    }
+    let _ = state.schedule_state.purge(&name).await;
     tracing::info!(schedule = %name, "schedule deleted");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -73,14 +73,6 @@ fn shape(t: &TriggerConfig) -> Value {
     v
 }
 
-async fn bucket(state: &AppState) -> Result<kv::Store, ApiError> {
-    state
-        .js
-        .get_key_value(state.names.triggers_bucket())
-        .await
-        .map_err(|e| ApiError::Service(format!("opening the triggers bucket: {e}")))
-}
-
 pub async fn create(
     State(state): State<Arc<AppState>>,
     body: Body,
@@ -182,8 +174,8 @@ pub async fn create(
             .map(|d| d.as_millis() as u64)
             .unwrap_or_default(),
     };
-    bucket(&state)
-        .await?
+    state
+        .triggers
         .create(&id, encode(&trigger))
         .await
         .map_err(|e| ApiError::Service(format!("storing the trigger: {e}")))?;
@@ -195,8 +187,8 @@ pub async fn list(
     State(state): State<Arc<AppState>>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
-    let kv = bucket(&state).await?;
-    let mut out: Vec<TriggerConfig> = super::bucket_values::<TriggerConfig>(&kv)
+    let kv = &state.triggers;
+    let mut out: Vec<TriggerConfig> = super::bucket_values::<TriggerConfig>(kv)
         .await
         .into_iter()
         .filter(|t| q.get("function").is_none_or(|f| *f == t.function))
@@ -211,7 +203,7 @@ pub async fn delete(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let kv = bucket(&state).await?;
+    let kv = &state.triggers;
     let exists = kv
         .entry(&id)
         .await
