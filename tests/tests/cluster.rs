@@ -5,6 +5,37 @@ use std::time::Duration;
 use nimbus_tests::*;
 use serde_json::json;
 
+/// Creates `app.slow_mark` as `name`, writing its start/done lines to a file;
+/// returns the file.
+async fn slow_marker(cluster: &Cluster, name: &str, timeout: u32) -> std::path::PathBuf {
+    let mark = cluster.data.path().join("marks.txt");
+    cluster
+        .create_function(
+            name,
+            "python3.12",
+            "app.slow_mark",
+            &python_zip(),
+            json!({"Timeout": timeout, "Environment": {"Variables": {"MARK_FILE": mark.to_str().unwrap()}}}),
+        )
+        .await;
+    mark
+}
+
+/// The first line of `mark` starting with `prefix`, once it is there.
+async fn wait_mark(mark: &std::path::Path, prefix: &str) -> String {
+    eventually(Duration::from_secs(20), prefix, || async {
+        marks(mark).into_iter().find(|l| l.starts_with(prefix))
+    })
+    .await
+}
+
+/// Which worker (1-based) a mark line's LAMBDA_TASK_ROOT (`…/worker-<n>/code/…`) names.
+fn worker_of(line: &str) -> usize {
+    (1..=9)
+        .find(|n| line.contains(&format!("/worker-{n}/")))
+        .unwrap_or_else(|| panic!("which worker? {line}"))
+}
+
 fn marks(path: &std::path::Path) -> Vec<String> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
@@ -21,16 +52,7 @@ async fn event_invocation_runs_and_survives_a_worker_sigkill() {
         ..Default::default()
     })
     .await;
-    let mark = cluster.data.path().join("marks.txt");
-    cluster
-        .create_function(
-            "marker",
-            "python3.12",
-            "app.slow_mark",
-            &python_zip(),
-            json!({"Timeout": 60, "Environment": {"Variables": {"MARK_FILE": mark.to_str().unwrap()}}}),
-        )
-        .await;
+    let mark = slow_marker(&cluster, "marker", 60).await;
     // No retries: a worker dying is not a function error, so it still runs again.
     let resp = cluster
         .http
@@ -49,17 +71,7 @@ async fn event_invocation_runs_and_survives_a_worker_sigkill() {
         )
         .await;
     assert_eq!(r.status, 202, "{}", r.text());
-    eventually(
-        Duration::from_secs(20),
-        "the quick event to run",
-        || async {
-            marks(&mark)
-                .iter()
-                .any(|l| l.starts_with("done quick"))
-                .then_some(())
-        },
-    )
-    .await;
+    wait_mark(&mark, "done quick").await;
 
     // A slow one: SIGKILL the worker running it; it completes on the other one.
     let r = cluster
@@ -70,20 +82,8 @@ async fn event_invocation_runs_and_survives_a_worker_sigkill() {
         )
         .await;
     assert_eq!(r.status, 202);
-    let started = eventually(
-        Duration::from_secs(20),
-        "the slow event to start",
-        || async {
-            marks(&mark)
-                .into_iter()
-                .find(|l| l.starts_with("start slow"))
-        },
-    )
-    .await;
-    // LAMBDA_TASK_ROOT is under the worker's data dir: …/worker-<n>/code/…
-    let victim = (1..=2)
-        .find(|n| started.contains(&format!("/worker-{n}/")))
-        .unwrap_or_else(|| panic!("which worker? {started}"));
+    let started = wait_mark(&mark, "start slow").await;
+    let victim = worker_of(&started);
     cluster.workers[victim - 1].kill();
     let done = eventually(
         Duration::from_secs(40),
@@ -175,16 +175,7 @@ async fn a_sync_call_whose_worker_dies_fails_fast() {
         ..Default::default()
     })
     .await;
-    let mark = cluster.data.path().join("marks.txt");
-    cluster
-        .create_function(
-            "slow",
-            "python3.12",
-            "app.slow_mark",
-            &python_zip(),
-            json!({"Timeout": 60, "Environment": {"Variables": {"MARK_FILE": mark.to_str().unwrap()}}}),
-        )
-        .await;
+    let mark = slow_marker(&cluster, "slow", 60).await;
     let endpoint = cluster.endpoint.clone();
     let call = tokio::spawn(async move {
         let resp = reqwest::Client::new()
@@ -200,15 +191,8 @@ async fn a_sync_call_whose_worker_dies_fails_fast() {
             .map(|v| v.to_str().unwrap().to_string());
         (status, kind, resp.text().await.unwrap())
     });
-    let started = eventually(Duration::from_secs(20), "the call to start", || async {
-        marks(&mark)
-            .into_iter()
-            .find(|l| l.starts_with("start doomed"))
-    })
-    .await;
-    let victim = (1..=2)
-        .find(|n| started.contains(&format!("/worker-{n}/")))
-        .unwrap();
+    let started = wait_mark(&mark, "start doomed").await;
+    let victim = worker_of(&started);
     cluster.workers[victim - 1].kill();
     // Without the scheduler noticing, the caller would wait 60 + 30 s.
     let (status, kind, body) = tokio::time::timeout(Duration::from_secs(20), call)
@@ -229,16 +213,7 @@ async fn a_draining_worker_finishes_its_work_and_takes_no_more() {
         ..Default::default()
     })
     .await;
-    let mark = cluster.data.path().join("marks.txt");
-    cluster
-        .create_function(
-            "slow",
-            "python3.12",
-            "app.slow_mark",
-            &python_zip(),
-            json!({"Timeout": 60, "Environment": {"Variables": {"MARK_FILE": mark.to_str().unwrap()}}}),
-        )
-        .await;
+    let mark = slow_marker(&cluster, "slow", 60).await;
     let endpoint = cluster.endpoint.clone();
     let call = tokio::spawn(async move {
         let resp = reqwest::Client::new()
@@ -249,15 +224,8 @@ async fn a_draining_worker_finishes_its_work_and_takes_no_more() {
             .unwrap();
         (resp.status().as_u16(), resp.text().await.unwrap())
     });
-    let started = eventually(Duration::from_secs(20), "the call to start", || async {
-        marks(&mark)
-            .into_iter()
-            .find(|l| l.starts_with("start inflight"))
-    })
-    .await;
-    let busy = (1..=2)
-        .find(|n| started.contains(&format!("/worker-{n}/")))
-        .unwrap();
+    let started = wait_mark(&mark, "start inflight").await;
+    let busy = worker_of(&started);
     // SIGTERM: the worker drains. Meanwhile new calls go to the other worker.
     cluster.workers[busy - 1].signal(nix::sys::signal::Signal::SIGTERM);
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -294,16 +262,7 @@ async fn a_draining_worker_finishes_its_work_and_takes_no_more() {
 async fn an_event_whose_scheduler_dies_after_it_ran_is_not_run_again() {
     let _serial = SERIAL.lock().await;
     let mut cluster = Cluster::start(ClusterOpts::default()).await;
-    let mark = cluster.data.path().join("marks.txt");
-    cluster
-        .create_function(
-            "once",
-            "python3.12",
-            "app.slow_mark",
-            &python_zip(),
-            json!({"Timeout": 60, "Environment": {"Variables": {"MARK_FILE": mark.to_str().unwrap()}}}),
-        )
-        .await;
+    let mark = slow_marker(&cluster, "once", 60).await;
     let r = cluster
         .invoke_raw(
             "once",
@@ -312,27 +271,11 @@ async fn an_event_whose_scheduler_dies_after_it_ran_is_not_run_again() {
         )
         .await;
     assert_eq!(r.status, 202);
-    eventually(Duration::from_secs(20), "the event to start", || async {
-        marks(&mark)
-            .iter()
-            .any(|l| l.starts_with("start solo"))
-            .then_some(())
-    })
-    .await;
+    wait_mark(&mark, "start solo").await;
     // The only scheduler dies holding the unacknowledged message; the function
     // finishes on the worker regardless.
     cluster.scheduler.kill();
-    eventually(
-        Duration::from_secs(20),
-        "the function to finish",
-        || async {
-            marks(&mark)
-                .iter()
-                .any(|l| l.starts_with("done solo"))
-                .then_some(())
-        },
-    )
-    .await;
+    wait_mark(&mark, "done solo").await;
     let mut cmd = std::process::Command::new(bin("nimbus-scheduler"));
     cmd.env("NIMBUS_NATS_URL", &cluster.nats.url)
         .env("NIMBUS_DATA_DIR", cluster.data.path().join("scheduler-2"));
@@ -375,16 +318,7 @@ async fn every_slot_busy_gives_429() {
         ..Default::default()
     })
     .await;
-    let mark = cluster.data.path().join("marks.txt");
-    cluster
-        .create_function(
-            "busy",
-            "python3.12",
-            "app.slow_mark",
-            &python_zip(),
-            json!({"Timeout": 30, "Environment": {"Variables": {"MARK_FILE": mark.to_str().unwrap()}}}),
-        )
-        .await;
+    let mark = slow_marker(&cluster, "busy", 30).await;
     let endpoint = cluster.endpoint.clone();
     let long = tokio::spawn(async move {
         reqwest::Client::new()
@@ -396,17 +330,7 @@ async fn every_slot_busy_gives_429() {
             .status()
             .as_u16()
     });
-    eventually(
-        Duration::from_secs(20),
-        "the long call to start",
-        || async {
-            marks(&mark)
-                .iter()
-                .any(|l| l.starts_with("start long"))
-                .then_some(())
-        },
-    )
-    .await;
+    wait_mark(&mark, "start long").await;
     let r = cluster
         .invoke("busy", &json!({"id": "second", "sleep": 0}))
         .await;

@@ -298,7 +298,6 @@ impl Instance {
                 (Outcome::FunctionError(body), false, None)
             }
             Ended::Crash => {
-                // Give the waiter a moment to observe the exit status in the log.
                 let doc = serde_json::json!({
                     "errorType": "Runtime.ExitError",
                     "errorMessage": format!("RequestId: {request_id} Error: Runtime exited without providing a reason"),
