@@ -9,7 +9,12 @@ use tokio_util::sync::CancellationToken;
 
 /// Installs the Prometheus recorder and serves it on `addr`; returns the bound
 /// address (logged as `metrics listening`).
-pub async fn serve(addr: &str, shutdown: CancellationToken) -> anyhow::Result<SocketAddr> {
+/// `/healthz` answers `health` (JSON) with 200.
+pub async fn serve(
+    addr: &str,
+    shutdown: CancellationToken,
+    health: serde_json::Value,
+) -> anyhow::Result<SocketAddr> {
     let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
     let handle = recorder.handle();
     if metrics::set_global_recorder(recorder).is_err() {
@@ -23,7 +28,13 @@ pub async fn serve(addr: &str, shutdown: CancellationToken) -> anyhow::Result<So
                 async move { h.render() }
             }),
         )
-        .route("/healthz", get(|| async { "ok" }));
+        .route(
+            "/healthz",
+            get(move || {
+                let h = health.clone();
+                async move { axum::Json(h) }
+            }),
+        );
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
     tokio::spawn(async move {

@@ -24,6 +24,9 @@ pub struct Heartbeat {
     /// Idle warm instances, by function and configuration revision.
     #[serde(default)]
     pub warm: Vec<WarmInstances>,
+    /// The worker's sandbox protections: name → `on: …` or `off: why`.
+    #[serde(default)]
+    pub sandbox: std::collections::BTreeMap<String, String>,
 }
 versioned!(Heartbeat);
 

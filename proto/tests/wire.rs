@@ -62,6 +62,7 @@ fn newer_version_is_refused() {
         busy: 0,
         draining: false,
         warm: vec![],
+        sandbox: Default::default(),
     };
     let err = decode::<Heartbeat>(&encode(&h)).unwrap_err();
     assert!(matches!(err, DecodeError::UnsupportedVersion { .. }));

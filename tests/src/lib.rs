@@ -262,6 +262,9 @@ pub struct Cluster {
     pub gateway: Proc,
     pub nats: Nats,
     pub data: tempfile::TempDir,
+    /// Where functions leave records for a test to read: outside `/tmp` (each
+    /// instance has a private one) and writable by the functions' own uids.
+    pub marks: tempfile::TempDir,
     pub http: reqwest::Client,
     opts: ClusterOpts,
 }
@@ -344,6 +347,7 @@ impl Cluster {
             gateway,
             nats,
             data,
+            marks: marks_dir(),
             http,
             opts,
         };
@@ -483,6 +487,11 @@ impl Cluster {
         }
     }
 
+    /// A file functions can append to and the test can read (see `marks`).
+    pub fn mark_file(&self, name: &str) -> PathBuf {
+        self.marks.path().join(name)
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.endpoint)
     }
@@ -592,6 +601,18 @@ pub fn zip_files(files: &[(&str, &[u8], bool)]) -> Vec<u8> {
     }
     w.finish().expect("zip");
     buf.into_inner()
+}
+
+/// A directory under `/var/tmp` that every uid may write (functions run as their own
+/// uids with a private `/tmp`).
+pub fn marks_dir() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::Builder::new()
+        .prefix("nimbus-marks-")
+        .tempdir_in("/var/tmp")
+        .expect("marks dir in /var/tmp");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    dir
 }
 
 pub fn fixture(path: &str) -> PathBuf {

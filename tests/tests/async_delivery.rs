@@ -67,7 +67,7 @@ async fn retries_dead_letters_redrive_and_destinations() {
         ..Default::default()
     })
     .await;
-    let mark = cluster.data.path().join("records.jsonl");
+    let mark = cluster.mark_file("records.jsonl");
     let env = json!({"Environment": {"Variables": {"MARK_FILE": mark.to_str().unwrap()}}});
     cluster
         .create_function(

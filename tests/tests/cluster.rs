@@ -8,7 +8,7 @@ use serde_json::json;
 /// Creates `app.slow_mark` as `name`, writing its start/done lines to a file;
 /// returns the file.
 async fn slow_marker(cluster: &Cluster, name: &str, timeout: u32) -> std::path::PathBuf {
-    let mark = cluster.data.path().join("marks.txt");
+    let mark = cluster.mark_file("marks.txt");
     cluster
         .create_function(
             name,
@@ -29,10 +29,10 @@ async fn wait_mark(mark: &std::path::Path, prefix: &str) -> String {
     .await
 }
 
-/// Which worker (1-based) a mark line's LAMBDA_TASK_ROOT (`…/worker-<n>/code/…`) names.
+/// Which worker (1-based) a mark line's log stream (`nimbus/w<n>/<instance>`) names.
 fn worker_of(line: &str) -> usize {
     (1..=9)
-        .find(|n| line.contains(&format!("/worker-{n}/")))
+        .find(|n| line.contains(&format!("nimbus/w{n}/")))
         .unwrap_or_else(|| panic!("which worker? {line}"))
 }
 
@@ -96,7 +96,7 @@ async fn event_invocation_runs_and_survives_a_worker_sigkill() {
     )
     .await;
     assert!(
-        !done.contains(&format!("/worker-{victim}/")),
+        !done.contains(&format!("nimbus/w{victim}/")),
         "finished on the killed worker? {done}"
     );
     // It finished exactly once, and the first run never finished.
@@ -245,7 +245,7 @@ async fn a_draining_worker_finishes_its_work_and_takes_no_more() {
             .find(|l| l.starts_with(&format!("done after-{i} ")))
             .unwrap();
         assert!(
-            !done.contains(&format!("/worker-{busy}/")),
+            !done.contains(&format!("nimbus/w{busy}/")),
             "a draining worker took new work: {done}"
         );
     }

@@ -38,7 +38,7 @@ async fn object_events_from_nats_and_webhook() {
     let _serial = SERIAL.lock().await;
     let cluster = Cluster::start(ClusterOpts::default()).await;
     let ep = cluster.endpoint.clone();
-    let mark = cluster.data.path().join("s3.jsonl");
+    let mark = cluster.mark_file("s3.jsonl");
     cluster
         .create_function(
             "thumbs",

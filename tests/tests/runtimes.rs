@@ -385,7 +385,16 @@ async fn scheduler_and_worker_expose_metrics() {
         let http = cluster.http.clone();
         async move { http.get(url).send().await.unwrap().text().await.unwrap() }
     };
-    assert_eq!(get(worker.clone(), "/healthz").await, "ok");
+    let health: serde_json::Value =
+        serde_json::from_str(&get(worker.clone(), "/healthz").await).unwrap();
+    assert_eq!(health["status"], "ok", "{health}");
+    for protection in ["uid", "cgroup", "mount_namespace", "pid_namespace"] {
+        assert!(health["sandbox"][protection].is_string(), "{health}");
+    }
+    assert_eq!(
+        get(scheduler.clone(), "/healthz").await,
+        r#"{"status":"ok"}"#
+    );
     let w = get(worker, "/metrics").await;
     assert!(
         w.contains("nimbus_worker_invocations_total{outcome=\"success\"} 2"),

@@ -137,7 +137,7 @@ async fn every_instant_runs_once_across_two_schedulers() {
         ..Default::default()
     })
     .await;
-    let mark = cluster.data.path().join("ticks.jsonl");
+    let mark = cluster.mark_file("ticks.jsonl");
     cluster
         .create_function(
             "recorder",
@@ -211,7 +211,7 @@ async fn misfire_policy_after_every_scheduler_was_down() {
         ..Default::default()
     })
     .await;
-    let mark = cluster.data.path().join("ticks.jsonl");
+    let mark = cluster.mark_file("ticks.jsonl");
     cluster
         .create_function(
             "recorder",

@@ -14,7 +14,7 @@ async fn nats_trigger_invokes_once_per_message() {
         ..Default::default()
     })
     .await;
-    let mark = cluster.data.path().join("events.jsonl");
+    let mark = cluster.mark_file("events.jsonl");
     cluster
         .create_function(
             "recorder",
@@ -189,7 +189,7 @@ async fn stream_trigger_delivers_batches_at_least_once() {
         ..Default::default()
     })
     .await;
-    let mark = cluster.data.path().join("batches.jsonl");
+    let mark = cluster.mark_file("batches.jsonl");
     cluster
         .create_function(
             "batcher",

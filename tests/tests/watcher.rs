@@ -53,7 +53,7 @@ async fn file_store_watcher_fires_once_across_restarts() {
     })
     .await;
     let ep = cluster.endpoint.clone();
-    let mark = cluster.data.path().join("events.jsonl");
+    let mark = cluster.mark_file("events.jsonl");
     let watched = cluster.data.path().join("drop-box");
     std::fs::create_dir_all(watched.join("in")).unwrap();
     std::fs::write(watched.join("in/old.txt"), "was here first").unwrap();
@@ -157,7 +157,7 @@ async fn s3_store_watcher_sees_created_and_deleted_objects() {
     })
     .await;
     let ep = cluster.endpoint.clone();
-    let mark = cluster.data.path().join("events.jsonl");
+    let mark = cluster.mark_file("events.jsonl");
     cluster
         .create_function(
             "ingest",

@@ -274,6 +274,14 @@ pub async fn status(client: &Client) -> anyhow::Result<()> {
                 "ready"
             },
         );
+        // Protections a function box lacks on this worker (by-design ones too).
+        if let Some(sandbox) = w["sandbox"].as_object() {
+            for (name, state) in sandbox {
+                if let Some(why) = state.as_str().and_then(|s| s.strip_prefix("off: ")) {
+                    println!("  sandbox {name} off: {why}");
+                }
+            }
+        }
     }
     Ok(())
 }

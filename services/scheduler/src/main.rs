@@ -50,7 +50,12 @@ async fn main_exec() -> anyhow::Result<()> {
     let args = Args::parse();
     let shutdown = nimbus_common::shutdown_signal()?;
     if let Some(addr) = &args.metrics_addr {
-        nimbus_common::metrics_http::serve(addr, shutdown.clone()).await?;
+        nimbus_common::metrics_http::serve(
+            addr,
+            shutdown.clone(),
+            serde_json::json!({ "status": "ok" }),
+        )
+        .await?;
     }
     let subjects = args.nats.subjects()?;
     let names = args.nats.names();

@@ -159,6 +159,7 @@ mod tests {
                     idle: *i,
                 })
                 .collect(),
+            sandbox: Default::default(),
         }
     }
 

@@ -13,7 +13,7 @@ use tokio::net::unix::pipe;
 use tokio::sync::{oneshot, watch};
 
 use crate::runtime_api::{Invocation, RuntimeApi, RuntimeResult};
-use crate::sandbox::{Sandbox, SandboxError, SandboxSpec, Sandboxed, kill_group, peak_memory_mb};
+use crate::sandbox::{Sandbox, SandboxError, SandboxHandle, SandboxSpec, Sandboxed};
 
 /// Output kept per invocation; beyond it the log says it was truncated.
 const MAX_LOG_BYTES: usize = 1024 * 1024;
@@ -25,15 +25,20 @@ pub struct InstanceKey {
     pub revision: u64,
 }
 
+pub const PYTHON_BOOTSTRAP_FILE: &str = "python_bootstrap.py";
+pub const NODE_BOOTSTRAP_FILE: &str = "node_bootstrap.mjs";
+
 /// Where runtimes live on this worker.
 #[derive(Debug, Clone)]
 pub struct Runtimes {
     pub python: PathBuf,
-    pub python_bootstrap: PathBuf,
     /// `None`: no Node.js on this worker; nodejs functions fail to start, named.
     pub node: Option<PathBuf>,
-    pub node_bootstrap: PathBuf,
+    /// Holds the bootstraps ([`PYTHON_BOOTSTRAP_FILE`], [`NODE_BOOTSTRAP_FILE`]).
+    pub dir: PathBuf,
     pub region: String,
+    /// Names the log stream (`nimbus/<worker>/<instance>`).
+    pub worker_id: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -101,7 +106,9 @@ pub struct Instance {
     pub key: InstanceKey,
     pub id: u64,
     api: RuntimeApi,
-    pid: u32,
+    sandbox: Arc<SandboxHandle>,
+    /// OOM kills seen so far (a new one means this invocation ran out of memory).
+    oom_kills: u64,
     exited: watch::Receiver<bool>,
     logs: Arc<LogCapture>,
     started: Instant,
@@ -129,10 +136,17 @@ impl Instance {
         let tmp = tempfile::Builder::new()
             .prefix(&format!("{}-", config.name))
             .tempdir_in(scratch)?;
+        let paths = sandbox.paths(code_dir, &runtimes.dir, tmp.path());
         let (program, args) = if config.runtime.starts_with("python3.") {
             (
                 runtimes.python.clone(),
-                vec![runtimes.python_bootstrap.display().to_string()],
+                vec![
+                    paths
+                        .runtime_dir
+                        .join(PYTHON_BOOTSTRAP_FILE)
+                        .display()
+                        .to_string(),
+                ],
             )
         } else if config.runtime.starts_with("nodejs") {
             let node = runtimes.node.clone().ok_or_else(|| {
@@ -141,24 +155,36 @@ impl Instance {
                     config.runtime
                 ))
             })?;
-            (node, vec![runtimes.node_bootstrap.display().to_string()])
+            (
+                node,
+                vec![
+                    paths
+                        .runtime_dir
+                        .join(NODE_BOOTSTRAP_FILE)
+                        .display()
+                        .to_string(),
+                ],
+            )
         } else if config.runtime.starts_with("provided") {
             let bootstrap = code_dir.join("bootstrap");
             if !bootstrap.is_file() {
                 return Err(InstanceError::NoBootstrap);
             }
-            (bootstrap, vec![])
+            (paths.task_root.join("bootstrap"), vec![])
         } else {
             return Err(InstanceError::UnsupportedRuntime(config.runtime.clone()));
         };
         let function_arn = function_arn(&runtimes.region, &config.name);
         let mut env = config.environment.clone();
-        let code = code_dir.display().to_string();
+        let code = paths.task_root.display().to_string();
         let reserved = [
             ("AWS_LAMBDA_RUNTIME_API", api.addr.to_string()),
             ("_HANDLER", config.handler.clone()),
             ("LAMBDA_TASK_ROOT", code.clone()),
-            ("LAMBDA_RUNTIME_DIR", code.clone()),
+            (
+                "LAMBDA_RUNTIME_DIR",
+                paths.runtime_dir.display().to_string(),
+            ),
             ("AWS_LAMBDA_FUNCTION_NAME", config.name.clone()),
             (
                 "AWS_LAMBDA_FUNCTION_MEMORY_SIZE",
@@ -170,14 +196,17 @@ impl Instance {
                 "AWS_LAMBDA_LOG_GROUP_NAME",
                 format!("/aws/lambda/{}", config.name),
             ),
-            ("AWS_LAMBDA_LOG_STREAM_NAME", format!("nimbus/{id}")),
+            (
+                "AWS_LAMBDA_LOG_STREAM_NAME",
+                format!("nimbus/{}/{id}", runtimes.worker_id),
+            ),
             ("AWS_REGION", runtimes.region.clone()),
             ("AWS_DEFAULT_REGION", runtimes.region.clone()),
             (
                 "AWS_EXECUTION_ENV",
                 format!("AWS_Lambda_{}", config.runtime),
             ),
-            ("TMPDIR", tmp.path().display().to_string()),
+            ("TMPDIR", paths.tmp.display().to_string()),
             ("TZ", ":UTC".into()),
             ("PYTHONUNBUFFERED", "1".into()),
         ];
@@ -193,11 +222,19 @@ impl Instance {
             program,
             args,
             env,
-            cwd: code_dir.to_path_buf(),
+            function: config.name.clone(),
+            instance_id: id,
+            code_dir: code_dir.to_path_buf(),
+            runtime_dir: runtimes.dir.clone(),
+            tmp_dir: tmp.path().to_path_buf(),
             memory_mb: config.memory_mb,
         };
         let started = Instant::now();
-        let Sandboxed { mut child, pid } = sandbox.spawn(&spec, write_fd)?;
+        let Sandboxed {
+            mut child,
+            handle: boxed,
+        } = sandbox.spawn(&spec, write_fd)?;
+        let pid = boxed.pid;
         let logs = Arc::new(LogCapture {
             rx,
             buf: std::sync::Mutex::new(Vec::new()),
@@ -212,18 +249,21 @@ impl Instance {
             }
         });
         let (exit_tx, exit_rx) = watch::channel(false);
+        let reaper = boxed.clone();
         tokio::spawn(async move {
             let status = child.wait().await;
             tracing::debug!(pid, ?status, "instance process exited");
-            // Whatever it forked into its group goes with it.
-            kill_group(pid);
+            // Whatever it started goes with it.
+            reaper.kill();
+            drop(reaper);
             let _ = exit_tx.send(true);
         });
         Ok(Self {
             key,
             id,
             api,
-            pid,
+            sandbox: boxed,
+            oom_kills: 0,
             exited: exit_rx,
             logs,
             started,
@@ -272,12 +312,18 @@ impl Instance {
         if cold {
             self.init = Some(ready.saturating_duration_since(self.started));
         }
-        let max_mem = peak_memory_mb(self.pid);
+        let max_mem = self.sandbox.peak_memory_mb();
+        let oom_kills = self.sandbox.oom_kills();
+        let out_of_memory = oom_kills > self.oom_kills;
+        self.oom_kills = oom_kills;
+        if out_of_memory && matches!(ended, Ended::Crash) {
+            ended = Ended::OutOfMemory;
+        }
         let (outcome, reusable, status_line) = match ended {
             Ended::Response(b) => (Outcome::Response(b), true, None),
             Ended::Error(b) => (Outcome::FunctionError(b), true, None),
             Ended::Timeout => {
-                kill_group(self.pid);
+                self.sandbox.kill();
                 let msg = format!(
                     "Task timed out after {:.2} seconds",
                     self.timeout.as_secs_f64()
@@ -293,7 +339,7 @@ impl Instance {
                 )
             }
             Ended::InitError => {
-                kill_group(self.pid);
+                self.sandbox.kill();
                 let body = self.api.init_error.borrow().clone().unwrap_or_default();
                 (Outcome::FunctionError(body), false, None)
             }
@@ -302,13 +348,29 @@ impl Instance {
                     "errorType": "Runtime.ExitError",
                     "errorMessage": format!("RequestId: {request_id} Error: Runtime exited without providing a reason"),
                 });
-                kill_group(self.pid);
+                self.sandbox.kill();
                 (
                     Outcome::FunctionError(json_bytes(&doc)),
                     false,
                     Some(format!(
                         "RequestId: {request_id} Error: Runtime exited without providing a reason\n"
                     )),
+                )
+            }
+            Ended::OutOfMemory => {
+                let msg = format!(
+                    "RequestId: {request_id} Error: Runtime exited with error: signal: killed (out of memory: {} MB limit)",
+                    self.memory_mb
+                );
+                let doc = serde_json::json!({
+                    "errorType": "Runtime.OutOfMemory",
+                    "errorMessage": msg,
+                });
+                self.sandbox.kill();
+                (
+                    Outcome::FunctionError(json_bytes(&doc)),
+                    false,
+                    Some(format!("{msg}\nRuntime.OutOfMemory\n")),
                 )
             }
         };
@@ -352,7 +414,7 @@ impl Instance {
     }
 
     pub fn kill(&self) {
-        kill_group(self.pid);
+        self.sandbox.kill();
     }
 
     pub fn is_alive(&self) -> bool {
@@ -362,7 +424,8 @@ impl Instance {
 
 impl Drop for Instance {
     fn drop(&mut self) {
-        kill_group(self.pid);
+        // The process exits, its waiter drops the last handle and the cgroup goes.
+        self.sandbox.kill();
     }
 }
 
@@ -372,6 +435,7 @@ enum Ended {
     Timeout,
     InitError,
     Crash,
+    OutOfMemory,
 }
 
 fn json_bytes(v: &serde_json::Value) -> Bytes {

@@ -35,7 +35,7 @@ use tokio_util::task::TaskTracker;
 use crate::code_cache::{CodeCache, CodeError};
 use crate::instance::{Instance, InstanceError, InstanceKey, Outcome, Runtimes};
 use crate::pool::Pool;
-use crate::sandbox::{ProcessSandbox, Sandbox};
+use crate::sandbox::Sandbox;
 
 /// The Python runtime's bootstrap, written into the data dir at start.
 const PYTHON_BOOTSTRAP: &str = include_str!("runtimes/python_bootstrap.py");
@@ -69,7 +69,9 @@ struct Worker {
     subjects: Subjects,
     code: CodeCache,
     pool: Pool,
-    sandbox: Box<dyn Sandbox>,
+    sandbox: Arc<dyn Sandbox>,
+    /// Each protection of the box, on or off (sent with every heartbeat).
+    sandbox_report: std::collections::BTreeMap<String, String>,
     runtimes: Runtimes,
     scratch: PathBuf,
     busy: AtomicU32,
@@ -83,14 +85,21 @@ pub async fn run(
     subjects: Subjects,
     names: nimbus_proto::Names,
     store: CodeStore,
+    sandbox: Arc<dyn Sandbox>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let runtime_dir = cfg.data_dir.join("runtimes");
     std::fs::create_dir_all(&runtime_dir).context("creating the runtimes directory")?;
-    let python_bootstrap = runtime_dir.join("python_bootstrap.py");
-    std::fs::write(&python_bootstrap, PYTHON_BOOTSTRAP).context("writing the Python bootstrap")?;
-    let node_bootstrap = runtime_dir.join("node_bootstrap.mjs");
-    std::fs::write(&node_bootstrap, NODE_BOOTSTRAP).context("writing the Node.js bootstrap")?;
+    std::fs::write(
+        runtime_dir.join(instance::PYTHON_BOOTSTRAP_FILE),
+        PYTHON_BOOTSTRAP,
+    )
+    .context("writing the Python bootstrap")?;
+    std::fs::write(
+        runtime_dir.join(instance::NODE_BOOTSTRAP_FILE),
+        NODE_BOOTSTRAP,
+    )
+    .context("writing the Node.js bootstrap")?;
     let scratch = cfg.data_dir.join("instances");
     // Scratch of instances a previous run left behind.
     let _ = std::fs::remove_dir_all(&scratch);
@@ -101,10 +110,10 @@ pub async fn run(
     let worker = Arc::new(Worker {
         runtimes: Runtimes {
             python: cfg.python.clone(),
-            python_bootstrap,
             node: cfg.node.clone(),
-            node_bootstrap,
+            dir: runtime_dir,
             region: cfg.region.clone(),
+            worker_id: cfg.worker_id.clone(),
         },
         cfg,
         nats: nats.clone(),
@@ -113,7 +122,8 @@ pub async fn run(
         subjects,
         code,
         pool: Pool::default(),
-        sandbox: Box::new(ProcessSandbox),
+        sandbox_report: sandbox.report(),
+        sandbox,
         scratch,
         busy: AtomicU32::new(0),
         draining: AtomicBool::new(false),
@@ -186,6 +196,7 @@ pub async fn run(
     background.cancel();
     worker.pool.clear();
     worker.heartbeat().await;
+    worker.sandbox.cleanup();
     let _ = nats.flush().await;
     tracing::info!("worker stopped");
     Ok(())
@@ -200,6 +211,7 @@ impl Worker {
             busy: self.busy.load(Ordering::SeqCst),
             draining: self.draining.load(Ordering::SeqCst),
             warm: self.pool.warm(),
+            sandbox: self.sandbox_report.clone(),
         };
         if let Err(e) = self
             .nats

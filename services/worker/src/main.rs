@@ -38,6 +38,22 @@ struct Args {
     /// Seconds a stopping worker waits for in-flight invocations.
     #[arg(long, env = "NIMBUS_DRAIN_TIMEOUT_SECS", default_value_t = 60)]
     drain_timeout_secs: u64,
+    /// Box functions (per-function uid, cgroup, own mounts) as far as the host
+    /// allows; `off` runs them as the worker's user (development only).
+    #[arg(long, env = "NIMBUS_SANDBOX", default_value = "on", value_parser = ["on", "off"])]
+    sandbox: String,
+    /// First uid (and gid) given to functions; each function gets its own.
+    #[arg(long, env = "NIMBUS_SANDBOX_UID_BASE", default_value_t = 1_000_000)]
+    sandbox_uid_base: u32,
+    /// How many uids functions may use, from the base.
+    #[arg(long, env = "NIMBUS_SANDBOX_UID_COUNT", default_value_t = 1_000_000)]
+    sandbox_uid_count: u32,
+    /// Size of each instance's private /tmp, in MB.
+    #[arg(long, env = "NIMBUS_SANDBOX_TMP_MB", default_value_t = 512)]
+    sandbox_tmp_mb: u32,
+    /// Processes and threads one instance may have.
+    #[arg(long, env = "NIMBUS_SANDBOX_PIDS_MAX", default_value_t = 1024)]
+    sandbox_pids_max: u32,
     /// Region reported to functions (`AWS_REGION`).
     #[arg(long, env = "NIMBUS_REGION", default_value = "us-east-1")]
     region: String,
@@ -58,12 +74,34 @@ async fn main() -> std::process::ExitCode {
 async fn main_exec() -> anyhow::Result<()> {
     let args = Args::parse();
     let shutdown = nimbus_common::shutdown_signal()?;
-    if let Some(addr) = &args.metrics_addr {
-        nimbus_common::metrics_http::serve(addr, shutdown.clone()).await?;
-    }
     let data_dir = std::path::absolute(&args.data_dir).context("data dir")?;
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("creating data dir {}", data_dir.display()))?;
+    let worker_id = match args.worker_id {
+        Some(id) => id,
+        None => format!("w-{}", uuid::Uuid::new_v4().simple()),
+    };
+    // The id names subjects and cgroups: refuse anything but a plain token.
+    let subjects = args.nats.subjects()?;
+    subjects
+        .worker_invoke(&worker_id)
+        .with_context(|| format!("bad worker id {worker_id:?}"))?;
+    let sandbox = nimbus_worker::sandbox::ProcessSandbox::detect(
+        nimbus_worker::sandbox::SandboxConfig {
+            uid_base: args.sandbox_uid_base,
+            uid_count: args.sandbox_uid_count,
+            tmp_mb: args.sandbox_tmp_mb,
+            pids_max: args.sandbox_pids_max,
+            enabled: args.sandbox == "on",
+        },
+        &worker_id,
+        &data_dir,
+    );
+    let sandbox: std::sync::Arc<dyn nimbus_worker::sandbox::Sandbox> = std::sync::Arc::new(sandbox);
+    if let Some(addr) = &args.metrics_addr {
+        let health = serde_json::json!({ "status": "ok", "sandbox": sandbox.report() });
+        nimbus_common::metrics_http::serve(addr, shutdown.clone(), health).await?;
+    }
     let store_url = args
         .code_store
         .clone()
@@ -73,11 +111,6 @@ async fn main_exec() -> anyhow::Result<()> {
         Some(p) => p,
         None => resolve_python().context("no python3 interpreter found; set NIMBUS_PYTHON")?,
     };
-    let worker_id = match args.worker_id {
-        Some(id) => id,
-        None => format!("w-{}", uuid::Uuid::new_v4().simple()),
-    };
-    let subjects = args.nats.subjects()?;
     let nats = nimbus_common::connect(&args.nats, &format!("nimbus-worker {worker_id}")).await?;
     let cfg = nimbus_worker::WorkerConfig {
         worker_id,
@@ -89,7 +122,16 @@ async fn main_exec() -> anyhow::Result<()> {
         region: args.region,
         drain_timeout: Duration::from_secs(args.drain_timeout_secs),
     };
-    nimbus_worker::run(cfg, nats, subjects, args.nats.names(), store, shutdown).await
+    nimbus_worker::run(
+        cfg,
+        nats,
+        subjects,
+        args.nats.names(),
+        store,
+        sandbox,
+        shutdown,
+    )
+    .await
 }
 
 /// `name` on PATH (or the usual places), resolved to the real binary.

@@ -46,6 +46,7 @@ pub async fn cluster(State(state): State<Arc<AppState>>) -> Json<serde_json::Val
                 "draining": hb.draining,
                 "warm": hb.warm.iter().map(|x| x.idle).sum::<u32>(),
                 "last_seen_ms": seen.elapsed().as_millis() as u64,
+                "sandbox": hb.sandbox,
             })
         })
         .collect();

@@ -1,0 +1,609 @@
+//! The isolation boundary. [`Sandbox`] is the trait the instance code talks to;
+//! [`ProcessSandbox`] is the implementation: a child process boxed with whatever the
+//! host allows, each protection detected once at start and reported (logs, heartbeat,
+//! `/healthz`) when it is off:
+//!
+//! - **uid**: every function runs under its own uid/gid from a configured range, no
+//!   supplementary groups, `no_new_privs` (needs root);
+//! - **cgroup**: memory limited to `MemorySize` (peak and OOM kills read back), a pids
+//!   limit, a CPU share in proportion to memory, and kill-everything on teardown
+//!   (`cgroup.kill` on v2, freezer + SIGKILL on v1);
+//! - **mount namespace**: a private size-limited tmpfs on `/tmp` (and `/dev/shm`) that
+//!   vanishes with the instance, the code bind-mounted read-only at `/var/task` and
+//!   the runtime bootstraps at `/var/runtime`, as on Lambda;
+//! - always: a process group, a scrubbed environment, rlimits (open files, a generous
+//!   address-space backstop, no core dumps) and death with the worker (`PDEATHSIG`).
+//!
+//! Not boxed: the network (functions reach the Runtime API on loopback, so they share
+//! the worker's network namespace; the bus is closed to them by NATS credentials) and
+//! the pid namespace (other uids' `/proc/<pid>/environ` and memory are unreadable).
+
+pub mod cgroup;
+
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Mutex;
+
+use nix::mount::MsFlags;
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::{Gid, Pid, Uid};
+
+use self::cgroup::{Cgroups, InstanceCgroup, Limits};
+
+/// Where the code and the runtime bootstraps appear inside a box with its own mounts.
+pub const BOX_TASK_ROOT: &str = "/var/task";
+pub const BOX_RUNTIME_DIR: &str = "/var/runtime";
+
+/// Settings of the box (worker flags).
+#[derive(Debug, Clone)]
+pub struct SandboxConfig {
+    /// First uid (and gid) handed to functions.
+    pub uid_base: u32,
+    /// How many uids the range holds.
+    pub uid_count: u32,
+    /// Size of each instance's `/tmp`.
+    pub tmp_mb: u32,
+    /// Processes and threads an instance may have (Lambda: 1,024).
+    pub pids_max: u32,
+    /// Off: run functions as the worker's own user, without cgroups or namespaces
+    /// (for development only; reported as off).
+    pub enabled: bool,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        Self {
+            uid_base: 1_000_000,
+            uid_count: 1_000_000,
+            tmp_mb: 512,
+            pids_max: 1024,
+            enabled: true,
+        }
+    }
+}
+
+/// What to start. Paths are host paths; [`Sandbox::paths`] says where they appear
+/// inside the box.
+#[derive(Debug, Clone)]
+pub struct SandboxSpec {
+    /// The program as seen inside the box.
+    pub program: PathBuf,
+    pub args: Vec<String>,
+    /// The whole environment: nothing of the worker's leaks in.
+    pub env: BTreeMap<String, String>,
+    pub function: String,
+    pub instance_id: u64,
+    /// Unpacked code (host path).
+    pub code_dir: PathBuf,
+    /// Runtime bootstraps (host path).
+    pub runtime_dir: PathBuf,
+    /// The instance's scratch directory (host path), `/tmp` where no mount namespace.
+    pub tmp_dir: PathBuf,
+    pub memory_mb: u32,
+}
+
+/// Paths as the function sees them.
+#[derive(Debug, Clone)]
+pub struct BoxPaths {
+    pub task_root: PathBuf,
+    pub runtime_dir: PathBuf,
+    pub tmp: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("cannot start {program}: {source}")]
+    Spawn {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot set up the instance's box: {0}")]
+    Setup(String),
+}
+
+/// A running sandboxed process.
+pub struct Sandboxed {
+    pub child: tokio::process::Child,
+    pub handle: std::sync::Arc<SandboxHandle>,
+}
+
+/// What the instance keeps of its box: kill, memory figures. Dropping the last
+/// handle kills everything the instance started and removes its cgroup.
+pub struct SandboxHandle {
+    pub pid: u32,
+    cgroup: Option<InstanceCgroup>,
+}
+
+impl SandboxHandle {
+    /// Kills every process the instance started (its group; with a cgroup, also
+    /// `setsid` daemons and double forks).
+    pub fn kill(&self) {
+        if self.pid > 1 {
+            let _ = killpg(Pid::from_raw(self.pid as i32), Signal::SIGKILL);
+        }
+        if let Some(cg) = &self.cgroup {
+            cg.kill_all();
+        }
+    }
+
+    /// Peak memory in MB: the cgroup's (all processes together), else the main
+    /// process's `VmHWM`.
+    pub fn peak_memory_mb(&self) -> u64 {
+        match &self.cgroup {
+            Some(cg) => cg.peak_memory_mb(),
+            None => peak_rss_mb(self.pid),
+        }
+    }
+
+    /// OOM kills in the instance so far (0 without a memory cgroup).
+    pub fn oom_kills(&self) -> u64 {
+        self.cgroup.as_ref().map_or(0, InstanceCgroup::oom_kills)
+    }
+}
+
+impl Drop for SandboxHandle {
+    fn drop(&mut self) {
+        if self.pid > 1 {
+            let _ = killpg(Pid::from_raw(self.pid as i32), Signal::SIGKILL);
+        }
+        if let Some(cg) = self.cgroup.take() {
+            cg.destroy();
+        }
+    }
+}
+
+pub trait Sandbox: Send + Sync + 'static {
+    /// Starts `spec` with stdout and stderr both written to `output`.
+    fn spawn(&self, spec: &SandboxSpec, output: OwnedFd) -> Result<Sandboxed, SandboxError>;
+    /// Where the code, the runtime and `/tmp` appear to the function.
+    fn paths(&self, code_dir: &Path, runtime_dir: &Path, tmp_dir: &Path) -> BoxPaths;
+    /// Each protection: `on …` or `off: why`.
+    fn report(&self) -> BTreeMap<String, String>;
+    /// Removes what the box set up on the host (at exit, once instances are gone).
+    fn cleanup(&self) {}
+}
+
+/// Per-function uids: a function keeps its uid for the worker's life; two functions
+/// never share one on this worker (collisions probe to the next free uid).
+#[derive(Debug)]
+struct UidTable {
+    base: u32,
+    count: u32,
+    by_function: HashMap<String, u32>,
+    taken: HashMap<u32, String>,
+}
+
+impl UidTable {
+    fn uid_for(&mut self, function: &str) -> Option<u32> {
+        if let Some(u) = self.by_function.get(function) {
+            return Some(*u);
+        }
+        // The same function maps to the same uid on every worker of a host (FNV-1a).
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in function.bytes() {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        let count = u64::from(self.count.max(1));
+        for i in 0..count.min(self.taken.len() as u64 + 1) {
+            let uid = self.base + ((h + i) % count) as u32;
+            if let std::collections::hash_map::Entry::Vacant(e) = self.taken.entry(uid) {
+                e.insert(function.to_string());
+                self.by_function.insert(function.to_string(), uid);
+                return Some(uid);
+            }
+        }
+        None
+    }
+}
+
+/// The process box.
+pub struct ProcessSandbox {
+    cfg: SandboxConfig,
+    uids: Option<Mutex<UidTable>>,
+    cgroups: Option<Cgroups>,
+    mount_ns: bool,
+    report: BTreeMap<String, String>,
+}
+
+impl ProcessSandbox {
+    /// Detects what this host allows and sets it up; logs every protection that is off.
+    pub fn detect(cfg: SandboxConfig, worker_id: &str, data_dir: &Path) -> Self {
+        let mut report = BTreeMap::new();
+        let root = Uid::effective().is_root();
+        let off = |why: &str| format!("off: {why}");
+        let (uid_ok, cgroups, mount_ns) = if !cfg.enabled {
+            let why = "disabled by NIMBUS_SANDBOX=off";
+            (Err(off(why)), Err(off(why)), Err(off(why)))
+        } else if !root {
+            let why = format!(
+                "the worker is not root (uid {}); functions run as the worker's user",
+                Uid::effective()
+            );
+            (Err(off(&why)), Err(off(&why)), Err(off(&why)))
+        } else {
+            let cgroups = Cgroups::detect(worker_id).map_err(|e| off(&e));
+            let mount_ns = probe_mount_namespace(cfg.tmp_mb).map_err(|e| off(&e));
+            // Without our own mounts, the code must be reachable by other uids where
+            // it lies; with them, the data dir can be closed to everyone.
+            let uid_ok = if mount_ns.is_ok() {
+                std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700))
+                    .map_err(|e| off(&format!("cannot close {}: {e}", data_dir.display())))
+            } else {
+                let _ = std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o711));
+                searchable_by_others(data_dir).map_err(|e| off(&e))
+            };
+            (uid_ok, cgroups, mount_ns)
+        };
+        report.insert(
+            "uid".to_string(),
+            match &uid_ok {
+                Ok(()) => format!(
+                    "on: one uid per function from {} ({} uids)",
+                    cfg.uid_base, cfg.uid_count
+                ),
+                Err(e) => e.clone(),
+            },
+        );
+        report.insert(
+            "cgroup".to_string(),
+            match &cgroups {
+                Ok(cg) => format!(
+                    "on: {}: memory = MemorySize, pids.max {}, CPU share by memory, kill on teardown",
+                    cg.describe(),
+                    cfg.pids_max
+                ),
+                Err(e) => e.clone(),
+            },
+        );
+        report.insert(
+            "mount_namespace".to_string(),
+            match &mount_ns {
+                Ok(()) => format!(
+                    "on: private {} MB /tmp, code read-only at {BOX_TASK_ROOT}",
+                    cfg.tmp_mb
+                ),
+                Err(e) => e.clone(),
+            },
+        );
+        report.insert(
+            "pid_namespace".to_string(),
+            "off: not used; other functions' /proc entries are closed by their uids".to_string(),
+        );
+        report.insert(
+            "network_namespace".to_string(),
+            "off: functions share the worker's network (the Runtime API is on loopback)"
+                .to_string(),
+        );
+        for (name, state) in &report {
+            let by_design = name == "pid_namespace" || name == "network_namespace";
+            if state.starts_with("off") && !by_design {
+                tracing::warn!(protection = %name, %state, "sandbox protection is off");
+            } else {
+                tracing::info!(protection = %name, %state, "sandbox");
+            }
+        }
+        Self {
+            uids: uid_ok.ok().map(|()| {
+                Mutex::new(UidTable {
+                    base: cfg.uid_base,
+                    count: cfg.uid_count,
+                    by_function: HashMap::new(),
+                    taken: HashMap::new(),
+                })
+            }),
+            cgroups: cgroups.ok(),
+            mount_ns: mount_ns.is_ok(),
+            cfg,
+            report,
+        }
+    }
+}
+
+/// Mount points inside the box, prepared before fork (nothing is allocated between
+/// fork and exec).
+struct MountPlan {
+    tmp_data: CString,
+    shm: bool,
+    code: CString,
+    runtime: CString,
+}
+
+impl Sandbox for ProcessSandbox {
+    fn paths(&self, code_dir: &Path, runtime_dir: &Path, tmp_dir: &Path) -> BoxPaths {
+        if self.mount_ns {
+            BoxPaths {
+                task_root: BOX_TASK_ROOT.into(),
+                runtime_dir: BOX_RUNTIME_DIR.into(),
+                tmp: "/tmp".into(),
+            }
+        } else {
+            BoxPaths {
+                task_root: code_dir.to_path_buf(),
+                runtime_dir: runtime_dir.to_path_buf(),
+                tmp: tmp_dir.to_path_buf(),
+            }
+        }
+    }
+
+    fn report(&self) -> BTreeMap<String, String> {
+        self.report.clone()
+    }
+
+    fn cleanup(&self) {
+        if let Some(cg) = &self.cgroups {
+            cg.remove();
+        }
+    }
+
+    fn spawn(&self, spec: &SandboxSpec, output: OwnedFd) -> Result<Sandboxed, SandboxError> {
+        let err = |source| SandboxError::Spawn {
+            program: spec.program.display().to_string(),
+            source,
+        };
+        let uid = match &self.uids {
+            Some(t) => Some(
+                t.lock()
+                    .expect("lock poisoned")
+                    .uid_for(&spec.function)
+                    .ok_or_else(|| SandboxError::Setup("the function uid range is full".into()))?,
+            ),
+            None => None,
+        };
+        if let Some(uid) = uid {
+            // The fallback /tmp (no mount namespace) belongs to the function alone.
+            nix::unistd::chown(
+                &spec.tmp_dir,
+                Some(Uid::from_raw(uid)),
+                Some(Gid::from_raw(uid)),
+            )
+            .map_err(|e| SandboxError::Setup(format!("chown scratch: {e}")))?;
+            std::fs::set_permissions(&spec.tmp_dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(|e| SandboxError::Setup(format!("chmod scratch: {e}")))?;
+        }
+        let cgroup = match &self.cgroups {
+            Some(cg) => Some(
+                cg.create(
+                    spec.instance_id,
+                    Limits {
+                        memory_mb: spec.memory_mb,
+                        pids_max: self.cfg.pids_max,
+                    },
+                )
+                .map_err(|e| SandboxError::Setup(format!("cgroup: {e}")))?,
+            ),
+            None => None,
+        };
+        let join = match &cgroup {
+            Some(cg) => cg
+                .join_files()
+                .map_err(|e| SandboxError::Setup(format!("cgroup: {e}")))?,
+            None => Vec::new(),
+        };
+        let join_fds: Vec<i32> = join.iter().map(AsRawFd::as_raw_fd).collect();
+        let plan = if self.mount_ns {
+            Some(MountPlan {
+                tmp_data: CString::new(format!("size={}m,mode=1777", self.cfg.tmp_mb))
+                    .expect("no NUL"),
+                shm: Path::new("/dev/shm").is_dir(),
+                code: cstring(&spec.code_dir)?,
+                runtime: cstring(&spec.runtime_dir)?,
+            })
+        } else {
+            None
+        };
+        let pids_max = u64::from(self.cfg.pids_max);
+        let nproc_backstop = uid.is_some() && cgroup.is_none();
+
+        let stderr = output.try_clone().map_err(err)?;
+        let mut cmd = tokio::process::Command::new(&spec.program);
+        cmd.args(&spec.args)
+            .env_clear()
+            .envs(&spec.env)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(output))
+            .stderr(Stdio::from(stderr))
+            .process_group(0)
+            .kill_on_drop(true);
+        if plan.is_none() {
+            cmd.current_dir(&spec.code_dir);
+        }
+        // Backstop against runaway address space; generous because V8 and
+        // multi-threaded runtimes reserve far more than they use. The memory limit
+        // proper is the cgroup's.
+        let as_limit = (u64::from(spec.memory_mb) * 1024 * 1024)
+            .saturating_mul(16)
+            .max(8 << 30);
+        // SAFETY: `pre_exec` runs in the forked child before exec. Everything it uses
+        // was prepared before the fork; it makes system calls only (write, unshare,
+        // mount, chdir, set*id, prctl, setrlimit) and allocates nothing.
+        unsafe {
+            cmd.pre_exec(move || {
+                use nix::sys::resource::{Resource, setrlimit};
+                for fd in &join_fds {
+                    nix::unistd::write(BorrowedFd::borrow_raw(*fd), b"0")?;
+                }
+                if let Some(p) = &plan {
+                    enter_mounts(p)?;
+                }
+                setrlimit(Resource::RLIMIT_NOFILE, 1024, 1024)?;
+                setrlimit(Resource::RLIMIT_AS, as_limit, as_limit)?;
+                setrlimit(Resource::RLIMIT_CORE, 0, 0)?;
+                if let Some(uid) = uid {
+                    if nproc_backstop {
+                        setrlimit(Resource::RLIMIT_NPROC, pids_max, pids_max)?;
+                    }
+                    let (u, g) = (Uid::from_raw(uid), Gid::from_raw(uid));
+                    nix::unistd::setgroups(&[])?;
+                    nix::unistd::setresgid(g, g, g)?;
+                    nix::unistd::setresuid(u, u, u)?;
+                    nix::sys::prctl::set_no_new_privs()?;
+                }
+                // After the uid change: changing credentials clears it.
+                nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().map_err(err)?;
+        drop(join);
+        let pid = child.id().unwrap_or_default();
+        Ok(Sandboxed {
+            child,
+            handle: std::sync::Arc::new(SandboxHandle { pid, cgroup }),
+        })
+    }
+}
+
+/// In the child: a mount namespace of its own with a private `/tmp`, and the code and
+/// runtime bind-mounted read-only.
+fn enter_mounts(p: &MountPlan) -> std::io::Result<()> {
+    use nix::mount::mount;
+    const NONE: Option<&'static std::ffi::CStr> = None;
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)?;
+    mount(
+        NONE,
+        c"/",
+        NONE,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        NONE,
+    )?;
+    // Binds first: the sources may lie under /tmp, which the tmpfs then hides.
+    for (src, dst) in [(&p.code, c"/var/task"), (&p.runtime, c"/var/runtime")] {
+        mount(
+            Some(src.as_c_str()),
+            dst,
+            NONE,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            NONE,
+        )?;
+        mount(
+            NONE,
+            dst,
+            NONE,
+            MsFlags::MS_BIND
+                | MsFlags::MS_REMOUNT
+                | MsFlags::MS_RDONLY
+                | MsFlags::MS_NOSUID
+                | MsFlags::MS_NODEV,
+            NONE,
+        )?;
+    }
+    let tmpfs_flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    mount(
+        Some(c"tmpfs"),
+        c"/tmp",
+        Some(c"tmpfs"),
+        tmpfs_flags,
+        Some(p.tmp_data.as_c_str()),
+    )?;
+    if p.shm {
+        mount(
+            Some(c"tmpfs"),
+            c"/dev/shm",
+            Some(c"tmpfs"),
+            tmpfs_flags,
+            Some(c"size=64m,mode=1777"),
+        )?;
+    }
+    nix::unistd::chdir(c"/var/task")?;
+    Ok(())
+}
+
+fn cstring(p: &Path) -> Result<CString, SandboxError> {
+    CString::new(p.as_os_str().as_bytes())
+        .map_err(|_| SandboxError::Setup(format!("{} has a NUL byte", p.display())))
+}
+
+/// Can this host give instances their own mounts? Runs a real child through the same
+/// steps (with throwaway mounts) once at start.
+fn probe_mount_namespace(tmp_mb: u32) -> Result<(), String> {
+    for dir in [BOX_TASK_ROOT, BOX_RUNTIME_DIR] {
+        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {dir}: {e}"))?;
+    }
+    let exe = std::env::current_exe().map_err(|e| format!("no current exe: {e}"))?;
+    let plan = MountPlan {
+        tmp_data: CString::new(format!("size={tmp_mb}m,mode=1777")).expect("no NUL"),
+        shm: Path::new("/dev/shm").is_dir(),
+        code: c"/".into(),
+        runtime: c"/".into(),
+    };
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg("--version")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    use std::os::unix::process::CommandExt;
+    // SAFETY: as in `spawn`: system calls only on data prepared before the fork.
+    unsafe {
+        cmd.pre_exec(move || enter_mounts(&plan));
+    }
+    match cmd.status() {
+        Ok(s) if s.success() => Ok(()),
+        Ok(s) => Err(format!("a probe child with its own mounts failed ({s})")),
+        Err(e) => Err(format!("cannot unshare mounts or mount tmpfs: {e}")),
+    }
+}
+
+/// Every directory from `/` to `dir` must be searchable by other users for a
+/// function's uid to reach its code.
+fn searchable_by_others(dir: &Path) -> Result<(), String> {
+    let mut p = PathBuf::new();
+    for c in dir.components() {
+        p.push(c);
+        let mode = std::fs::metadata(&p)
+            .map_err(|e| format!("{}: {e}", p.display()))?
+            .permissions()
+            .mode();
+        if mode & 0o001 == 0 {
+            return Err(format!(
+                "{} is not searchable by other users (mode {:o}); functions could not reach their code",
+                p.display(),
+                mode & 0o777
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Peak resident memory of a process in MB (`VmHWM`), or 0 if it is gone.
+pub fn peak_rss_mb(pid: u32) -> u64 {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return 0;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .map(|kb| kb.div_ceil(1024))
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn functions_get_distinct_stable_uids() {
+        let mut t = UidTable {
+            base: 1000,
+            count: 3,
+            by_function: HashMap::new(),
+            taken: HashMap::new(),
+        };
+        let a = t.uid_for("a").unwrap();
+        let b = t.uid_for("b").unwrap();
+        let c = t.uid_for("c").unwrap();
+        assert_eq!(t.uid_for("a"), Some(a));
+        let mut all = vec![a, b, c];
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), 3, "{a} {b} {c}");
+        assert!(all.iter().all(|u| (1000..1003).contains(u)));
+        assert_eq!(t.uid_for("d"), None, "the range is full");
+    }
+}

@@ -1,0 +1,298 @@
+//! The function box, tested from inside functions with real limits: per-function uids,
+//! private `/tmp`, read-only code, memory and pids limits from cgroups, and nothing
+//! an instance started surviving its timeout.
+//!
+//! These tests need what the worker reports as `on` in its sandbox (root, cgroups,
+//! mount namespaces — this machine and CI have them); each first checks the report
+//! and fails, naming the protection, when one is off.
+
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use nimbus_tests::*;
+use serde_json::{Value, json};
+
+/// A value no other run shares (nanoseconds since the epoch).
+fn unique() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+/// Fails unless every protection the tests below rely on is on.
+async fn require_box(cluster: &Cluster) {
+    let doc: Value = cluster
+        .http
+        .get(cluster.url("/nimbus/v1/cluster"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let sandbox = &doc["workers"][0]["sandbox"];
+    for p in ["uid", "cgroup", "mount_namespace"] {
+        let state = sandbox[p].as_str().unwrap_or("missing");
+        assert!(
+            state.starts_with("on"),
+            "sandbox protection {p} is {state}: {doc}"
+        );
+    }
+}
+
+fn tail_log(r: &Invoked) -> String {
+    String::from_utf8(
+        base64::engine::general_purpose::STANDARD
+            .decode(r.header("X-Amz-Log-Result").expect("log tail"))
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+/// Processes on the host owned by `uid`.
+fn processes_of(uid: u64) -> Vec<u32> {
+    let mut out = vec![];
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+            continue;
+        };
+        if status.contains("State:\tZ") {
+            continue; // dead, waiting for its new parent to reap it
+        }
+        let owner = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok());
+        if owner == Some(uid) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn functions_cannot_see_each_other_or_the_worker() {
+    let _serial = SERIAL.lock().await;
+    let worker_secret = format!("worker-secret-{}", unique());
+    let cluster = Cluster::start(ClusterOpts {
+        env: vec![("NIMBUS_TEST_SECRET".into(), worker_secret.clone())],
+        ..Default::default()
+    })
+    .await;
+    require_box(&cluster).await;
+    let keeper_secret = format!("keeper-secret-{}", unique());
+    let prober_secret = format!("prober-secret-{}", unique());
+    for (name, secret) in [("keeper", &keeper_secret), ("prober", &prober_secret)] {
+        cluster
+            .create_function(
+                name,
+                "python3.12",
+                "app.probe_box",
+                &python_zip(),
+                json!({"Environment": {"Variables": {"SECRET": secret}}}),
+            )
+            .await;
+    }
+    // The keeper writes a file into its /tmp and stays warm (its process, with its
+    // secret in its environment, lives on).
+    let keeper = cluster
+        .invoke("keeper", &json!({"write_tmp": "keeper.txt"}))
+        .await
+        .json();
+    let again = cluster.invoke("keeper", &json!({})).await.json();
+    assert!(
+        again["tmp"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("keeper.txt")),
+        "a warm instance keeps its own /tmp: {again}"
+    );
+
+    let prober = cluster
+        .invoke(
+            "prober",
+            &json!({
+                "secrets": [worker_secret, keeper_secret],
+                "own": prober_secret,
+            }),
+        )
+        .await
+        .json();
+    // The scan works (it sees its own environment) and finds no one else's.
+    assert_eq!(prober["own_visible"], true, "{prober}");
+    assert!(prober["readable_environs"].as_u64().unwrap() >= 1);
+    assert_eq!(prober["found"], json!([]), "secrets leaked: {prober}");
+    assert!(
+        !prober["tmp"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("keeper.txt")),
+        "another function's /tmp is visible: {prober}"
+    );
+    // Never root, one uid per function, no extra groups.
+    let (pu, ku) = (
+        prober["uid"].as_u64().unwrap(),
+        keeper["uid"].as_u64().unwrap(),
+    );
+    assert!(pu >= 1_000_000 && ku >= 1_000_000, "{prober} {keeper}");
+    assert_ne!(pu, ku, "two functions share a uid");
+    assert_eq!(prober["gid"], prober["uid"]);
+    assert_eq!(prober["groups"], json!([]), "{prober}");
+    // The code is read-only, where Lambda puts it.
+    assert_eq!(prober["task_root"], "/var/task");
+    let code_write = prober["code_write"].as_str().unwrap();
+    assert!(
+        code_write.contains("Read-only file system"),
+        "writing the code directory: {code_write}"
+    );
+    cluster.stop();
+}
+
+#[tokio::test]
+async fn memory_limit_ends_the_invocation_not_the_worker() {
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start(ClusterOpts::default()).await;
+    require_box(&cluster).await;
+    cluster
+        .create_function(
+            "hog",
+            "python3.12",
+            "app.hold_memory",
+            &python_zip(),
+            json!({"MemorySize": 128}),
+        )
+        .await;
+    let r = cluster
+        .invoke_raw(
+            "hog",
+            br#"{"mb": 1024}"#.to_vec(),
+            &[("X-Amz-Log-Type", "Tail")],
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("X-Amz-Function-Error").as_deref(),
+        Some("Unhandled")
+    );
+    let doc = r.json();
+    assert_eq!(doc["errorType"], "Runtime.OutOfMemory", "{doc}");
+    let log = tail_log(&r);
+    assert!(log.contains("Runtime.OutOfMemory"), "{log}");
+    let report = log.lines().find(|l| l.starts_with("REPORT")).unwrap();
+    assert!(report.contains("Memory Size: 128 MB"), "{report}");
+    // The next invocation gets a fresh instance and works.
+    let r = cluster.invoke("hog", &json!({"mb": 20})).await;
+    assert_eq!(r.status, 200);
+    assert!(r.header("X-Amz-Function-Error").is_none(), "{}", r.text());
+    assert_eq!(r.json()["held_mb"], 20);
+    cluster.stop();
+}
+
+#[tokio::test]
+async fn fork_bomb_stops_at_the_pids_limit_and_dies_with_the_timeout() {
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start(ClusterOpts::default()).await;
+    require_box(&cluster).await;
+    let mark = cluster.mark_file("bomb.json");
+    cluster
+        .create_function(
+            "bomb",
+            "python3.12",
+            "app.fork_bomb",
+            &python_zip(),
+            json!({"MemorySize": 1024, "Timeout": 8,
+                   "Environment": {"Variables": {"MARK_FILE": mark.to_str().unwrap()}}}),
+        )
+        .await;
+    let r = cluster.invoke("bomb", &json!({})).await;
+    assert!(r.text().contains("Task timed out"), "{}", r.text());
+    let ended = Instant::now();
+    let doc: Value = serde_json::from_str(&std::fs::read_to_string(&mark).unwrap()).unwrap();
+    let forked = doc["forked"].as_u64().unwrap();
+    assert!(
+        (100..1024).contains(&forked),
+        "forked {forked} children before the limit: {doc}"
+    );
+    assert!(
+        doc["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("Resource temporarily unavailable"),
+        "{doc}"
+    );
+    let uid = doc["uid"].as_u64().unwrap();
+    // Every process of the function is gone within 2 s of the timeout.
+    loop {
+        let left = processes_of(uid);
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            ended.elapsed() < Duration::from_secs(2),
+            "{} processes of uid {uid} outlived the timeout by 2 s",
+            left.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The worker is fine.
+    cluster
+        .create_function("after", "python3.12", "app.noop", &python_zip(), json!({}))
+        .await;
+    assert_eq!(cluster.invoke("after", &json!({})).await.status, 200);
+    cluster.stop();
+}
+
+#[tokio::test]
+async fn setsid_and_double_forked_daemons_die_with_the_timeout() {
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start(ClusterOpts::default()).await;
+    require_box(&cluster).await;
+    let mark = cluster.mark_file("daemons.json");
+    cluster
+        .create_function(
+            "daemons",
+            "python3.12",
+            "app.daemons",
+            &python_zip(),
+            json!({"Timeout": 3,
+                   "Environment": {"Variables": {"MARK_FILE": mark.to_str().unwrap()}}}),
+        )
+        .await;
+    let invoke = {
+        let http = cluster.http.clone();
+        let url = cluster.url("/2015-03-31/functions/daemons/invocations");
+        tokio::spawn(async move { http.post(url).body("{}").send().await.unwrap().text().await })
+    };
+    let pids: Vec<u64> = eventually(Duration::from_secs(20), "daemon pids", || async {
+        let doc: Value = serde_json::from_str(&std::fs::read_to_string(&mark).ok()?).ok()?;
+        Some(
+            doc["pids"]
+                .as_array()?
+                .iter()
+                .filter_map(Value::as_u64)
+                .collect(),
+        )
+    })
+    .await;
+    assert_eq!(pids.len(), 2);
+    let alive = |pid: u64| {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .is_ok_and(|s| !s.contains("State:\tZ"))
+    };
+    assert!(pids.iter().all(|p| alive(*p)), "daemons running: {pids:?}");
+    let body = invoke.await.unwrap().unwrap();
+    assert!(body.contains("Task timed out"), "{body}");
+    let ended = Instant::now();
+    while pids.iter().any(|p| alive(*p)) {
+        assert!(
+            ended.elapsed() < Duration::from_secs(2),
+            "daemons {pids:?} outlived the timeout by 2 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    cluster.stop();
+}
