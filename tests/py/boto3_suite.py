@@ -4,6 +4,7 @@ failed check, printing what differed."""
 import base64
 import io
 import json
+import os
 import sys
 import zipfile
 
@@ -16,8 +17,8 @@ lam = boto3.client(
     "lambda",
     endpoint_url=endpoint,
     region_name="us-east-1",
-    aws_access_key_id="AKIDEXAMPLE",
-    aws_secret_access_key="secret",
+    aws_access_key_id=os.environ["AWS_ACCESS_KEY_ID"],
+    aws_secret_access_key=os.environ["AWS_SECRET_ACCESS_KEY"],
     config=botocore.config.Config(retries={"max_attempts": 1}, read_timeout=120),
 )
 

@@ -252,6 +252,107 @@ impl Default for ClusterOpts {
     }
 }
 
+/// The access key every test cluster's gateway accepts (clusters are throwaway).
+pub const TEST_ACCESS_KEY_ID: &str = "NIMBUSTESTACCESSKEY1";
+pub const TEST_SECRET_ACCESS_KEY: &str = "nimbus-tests-secret-access-key-0000000001";
+
+pub fn test_credentials() -> nimbus_sigv4::Credentials {
+    nimbus_sigv4::Credentials {
+        access_key_id: TEST_ACCESS_KEY_ID.into(),
+        secret_access_key: TEST_SECRET_ACCESS_KEY.into(),
+    }
+}
+
+/// An HTTP client that signs every request with SigV4 (when it has credentials),
+/// with the few builder calls the tests use.
+#[derive(Clone)]
+pub struct SignedClient {
+    inner: reqwest::Client,
+    creds: Option<nimbus_sigv4::Credentials>,
+}
+
+impl SignedClient {
+    pub fn new(creds: Option<nimbus_sigv4::Credentials>) -> Self {
+        Self {
+            inner: reqwest::Client::new(),
+            creds,
+        }
+    }
+
+    /// The same client without signing.
+    pub fn unsigned(&self) -> &reqwest::Client {
+        &self.inner
+    }
+
+    pub fn request(&self, method: reqwest::Method, url: impl reqwest::IntoUrl) -> SignedRequest {
+        SignedRequest {
+            builder: self.inner.request(method, url),
+            client: self.clone(),
+        }
+    }
+
+    pub fn get(&self, url: impl reqwest::IntoUrl) -> SignedRequest {
+        self.request(reqwest::Method::GET, url)
+    }
+
+    pub fn post(&self, url: impl reqwest::IntoUrl) -> SignedRequest {
+        self.request(reqwest::Method::POST, url)
+    }
+
+    pub fn put(&self, url: impl reqwest::IntoUrl) -> SignedRequest {
+        self.request(reqwest::Method::PUT, url)
+    }
+
+    pub fn delete(&self, url: impl reqwest::IntoUrl) -> SignedRequest {
+        self.request(reqwest::Method::DELETE, url)
+    }
+}
+
+pub struct SignedRequest {
+    builder: reqwest::RequestBuilder,
+    client: SignedClient,
+}
+
+impl SignedRequest {
+    pub fn json<T: serde::Serialize + ?Sized>(mut self, v: &T) -> Self {
+        self.builder = self.builder.json(v);
+        self
+    }
+
+    pub fn body(mut self, b: impl Into<reqwest::Body>) -> Self {
+        self.builder = self.builder.body(b);
+        self
+    }
+
+    pub fn header(mut self, k: impl AsRef<str>, v: impl AsRef<str>) -> Self {
+        self.builder = self.builder.header(k.as_ref(), v.as_ref());
+        self
+    }
+
+    pub fn headers(mut self, h: reqwest::header::HeaderMap) -> Self {
+        self.builder = self.builder.headers(h);
+        self
+    }
+
+    pub fn query<T: serde::Serialize + ?Sized>(mut self, q: &T) -> Self {
+        self.builder = self.builder.query(q);
+        self
+    }
+
+    pub fn timeout(mut self, t: Duration) -> Self {
+        self.builder = self.builder.timeout(t);
+        self
+    }
+
+    pub async fn send(self) -> reqwest::Result<reqwest::Response> {
+        let mut req = self.builder.build()?;
+        if let Some(c) = &self.client.creds {
+            nimbus_sigv4::sign_reqwest(&mut req, c, "us-east-1");
+        }
+        self.client.inner.execute(req).await
+    }
+}
+
 pub struct Cluster {
     pub endpoint: String,
     pub gateway_addr: String,
@@ -265,7 +366,8 @@ pub struct Cluster {
     /// Where functions leave records for a test to read: outside `/tmp` (each
     /// instance has a private one) and writable by the functions' own uids.
     pub marks: tempfile::TempDir,
-    pub http: reqwest::Client,
+    /// Signs with [`test_credentials`].
+    pub http: SignedClient,
     opts: ClusterOpts,
 }
 
@@ -300,7 +402,11 @@ impl Cluster {
         let addr_file = data.path().join("gateway.addr");
         let mut gw = base("nimbus-gateway", &data.path().join("gateway"));
         gw.env("NIMBUS_GATEWAY_ADDR", "127.0.0.1:0")
-            .env("NIMBUS_ADDR_FILE", &addr_file);
+            .env("NIMBUS_ADDR_FILE", &addr_file)
+            .env(
+                "NIMBUS_ACCESS_KEYS",
+                format!("{TEST_ACCESS_KEY_ID}:{TEST_SECRET_ACCESS_KEY}"),
+            );
         let gateway = Proc::spawn("gateway", gw, data.path());
         let scheduler = Proc::spawn(
             "scheduler",
@@ -336,7 +442,7 @@ impl Cluster {
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
         let endpoint = format!("http://{gateway_addr}");
-        let http = reqwest::Client::new();
+        let http = SignedClient::new(Some(test_credentials()));
         let cluster = Cluster {
             endpoint,
             gateway_addr,
@@ -715,6 +821,8 @@ pub fn s3_env(endpoint: &str) -> Vec<(String, String)> {
 pub fn nimbus(endpoint: &str, args: &[&str]) -> (bool, String) {
     let out = Command::new(bin("nimbus"))
         .env("NIMBUS_ENDPOINT", endpoint)
+        .env("AWS_ACCESS_KEY_ID", TEST_ACCESS_KEY_ID)
+        .env("AWS_SECRET_ACCESS_KEY", TEST_SECRET_ACCESS_KEY)
         .args(args)
         .output()
         .expect("running nimbus");
@@ -741,6 +849,8 @@ pub fn read_jsonl(path: &Path) -> Vec<serde_json::Value> {
 pub fn nimbus_split(endpoint: &str, args: &[&str]) -> (bool, String, String) {
     let out = Command::new(bin("nimbus"))
         .env("NIMBUS_ENDPOINT", endpoint)
+        .env("AWS_ACCESS_KEY_ID", TEST_ACCESS_KEY_ID)
+        .env("AWS_SECRET_ACCESS_KEY", TEST_SECRET_ACCESS_KEY)
         .args(args)
         .output()
         .expect("running nimbus");

@@ -8,6 +8,8 @@ use serde_json::{Value, json};
 
 fn bench(endpoint: &str, args: &[&str]) -> Value {
     let out = Command::new(bin("nimbus"))
+        .env("AWS_ACCESS_KEY_ID", TEST_ACCESS_KEY_ID)
+        .env("AWS_SECRET_ACCESS_KEY", TEST_SECRET_ACCESS_KEY)
         .env("NIMBUS_ENDPOINT", endpoint)
         .arg("bench")
         .args(args)
@@ -69,6 +71,8 @@ async fn bench_runs_a_few_hundred_invocations() {
     assert_eq!(r["mode"], "Event");
     // A missing function fails like every other command.
     let out = Command::new(bin("nimbus"))
+        .env("AWS_ACCESS_KEY_ID", TEST_ACCESS_KEY_ID)
+        .env("AWS_SECRET_ACCESS_KEY", TEST_SECRET_ACCESS_KEY)
         .env("NIMBUS_ENDPOINT", &cluster.endpoint)
         .args(["bench", "ghost", "-n", "5"])
         .output()

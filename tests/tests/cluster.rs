@@ -177,8 +177,9 @@ async fn a_sync_call_whose_worker_dies_fails_fast() {
     .await;
     let mark = slow_marker(&cluster, "slow", 60).await;
     let endpoint = cluster.endpoint.clone();
+    let http = cluster.http.clone();
     let call = tokio::spawn(async move {
-        let resp = reqwest::Client::new()
+        let resp = http
             .post(format!("{endpoint}/2015-03-31/functions/slow/invocations"))
             .body(r#"{"id":"doomed","sleep":30}"#)
             .send()
@@ -215,8 +216,9 @@ async fn a_draining_worker_finishes_its_work_and_takes_no_more() {
     .await;
     let mark = slow_marker(&cluster, "slow", 60).await;
     let endpoint = cluster.endpoint.clone();
+    let http = cluster.http.clone();
     let call = tokio::spawn(async move {
-        let resp = reqwest::Client::new()
+        let resp = http
             .post(format!("{endpoint}/2015-03-31/functions/slow/invocations"))
             .body(r#"{"id":"inflight","sleep":3}"#)
             .send()
@@ -320,9 +322,9 @@ async fn every_slot_busy_gives_429() {
     .await;
     let mark = slow_marker(&cluster, "busy", 30).await;
     let endpoint = cluster.endpoint.clone();
+    let http = cluster.http.clone();
     let long = tokio::spawn(async move {
-        reqwest::Client::new()
-            .post(format!("{endpoint}/2015-03-31/functions/busy/invocations"))
+        http.post(format!("{endpoint}/2015-03-31/functions/busy/invocations"))
             .body(r#"{"id":"long","sleep":4}"#)
             .send()
             .await

@@ -11,6 +11,8 @@ async fn boto3_lambda_api() {
         .arg(&cluster.endpoint)
         .arg(workspace_root().join("tests/fixtures"))
         .arg(bin_dir().join("rust-echo-function"))
+        .env("AWS_ACCESS_KEY_ID", TEST_ACCESS_KEY_ID)
+        .env("AWS_SECRET_ACCESS_KEY", TEST_SECRET_ACCESS_KEY)
         .output()
         .expect("running python");
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -14,6 +14,26 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// The CLI as a user runs it after `nimbus up`: no AWS variables or profile, so it
+/// signs with the keys `nimbus up` keeps in its data dir.
+fn cli(data: &std::path::Path, endpoint: &str, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(bin("nimbus"))
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env_remove("AWS_PROFILE")
+        .env("HOME", data)
+        .env("NIMBUS_ENDPOINT", endpoint)
+        .env("NIMBUS_DATA_DIR", data)
+        .args(args)
+        .output()
+        .expect("running nimbus");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 async fn start_up(data: &std::path::Path, gw: u16, nats: u16) -> Proc {
     let mut cmd = Command::new(bin("nimbus"));
     cmd.env("NIMBUS_NATS_SERVER", nats_server_bin())
@@ -63,17 +83,41 @@ async fn up_runs_a_cluster_that_survives_restart() {
     let endpoint = format!("http://127.0.0.1:{gw}");
     let mut up = start_up(&data, gw, nats).await;
 
+    // A key pair was made on first start, printed, and kept (owner-only) in the data dir.
+    let creds = std::fs::read_to_string(data.join("credentials")).unwrap();
+    let key_id = creds
+        .lines()
+        .find_map(|l| l.strip_prefix("aws_access_key_id = "))
+        .unwrap()
+        .to_string();
+    assert!(
+        up.log_text()
+            .contains(&format!("AWS_ACCESS_KEY_ID={key_id}"))
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(data.join("credentials"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    // Without them the API refuses.
+    let refused = reqwest::get(format!("{endpoint}/2015-03-31/functions"))
+        .await
+        .unwrap();
+    assert_eq!(refused.status().as_u16(), 403);
+
     let code = tempfile::tempdir().unwrap();
     std::fs::copy(fixture("python/app.py"), code.path().join("app.py")).unwrap();
     // `nimbus up` reports ready only once its workers have: the cluster serves at once.
-    let (ok, out, _) = nimbus_split(&endpoint, &["status"]);
+    let (ok, out, _) = cli(&data, &endpoint, &["status"]);
     assert!(
         ok && out.contains("2 live worker(s)")
             && out.contains("local-1")
             && out.contains("local-2"),
         "{out}"
     );
-    let (ok, out, err) = nimbus_split(
+    let (ok, out, err) = cli(
+        &data,
         &endpoint,
         &[
             "deploy",
@@ -88,7 +132,8 @@ async fn up_runs_a_cluster_that_survives_restart() {
     );
     assert!(ok, "{out}{err}");
     let out = eventually(Duration::from_secs(10), "the first invoke", || async {
-        let (ok, out, _) = nimbus_split(
+        let (ok, out, _) = cli(
+            &data,
             &endpoint,
             &["invoke", "kept", "--payload", r#"{"name":"up"}"#],
         );
@@ -135,13 +180,14 @@ async fn up_runs_a_cluster_that_survives_restart() {
 
     // Same data dir: the function and its code are still there.
     let mut up = start_up(&data, gw, nats).await;
-    let (ok, out, _) = nimbus_split(&endpoint, &["ls"]);
+    let (ok, out, _) = cli(&data, &endpoint, &["ls"]);
     assert!(ok && out.contains("kept"), "{out}");
     let out = eventually(
         Duration::from_secs(10),
         "the invoke after restart",
         || async {
-            let (ok, out, _) = nimbus_split(
+            let (ok, out, _) = cli(
+                &data,
                 &endpoint,
                 &["invoke", "kept", "--payload", r#"{"name":"again"}"#],
             );

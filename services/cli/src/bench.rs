@@ -65,6 +65,7 @@ pub async fn run(client: &Client, args: BenchArgs) -> anyhow::Result<Value> {
             .build()?;
         let (counters, hist, url, payload) =
             (counters.clone(), hist.clone(), url.clone(), payload.clone());
+        let (creds, region) = (client.creds.clone(), client.region.clone());
         let asynchronous = args.asynchronous;
         tasks.push(tokio::spawn(async move {
             let mut local =
@@ -78,7 +79,7 @@ pub async fn run(client: &Client, args: BenchArgs) -> anyhow::Result<Value> {
                     break;
                 }
                 let t0 = Instant::now();
-                let resp = http
+                let req = http
                     .post(&url)
                     .header(
                         "X-Amz-Invocation-Type",
@@ -89,8 +90,16 @@ pub async fn run(client: &Client, args: BenchArgs) -> anyhow::Result<Value> {
                         },
                     )
                     .body(payload.clone())
-                    .send()
-                    .await;
+                    .build();
+                let resp = match req {
+                    Ok(mut req) => {
+                        if let Some(c) = &creds {
+                            nimbus_sigv4::sign_reqwest(&mut req, c, &region);
+                        }
+                        http.execute(req).await
+                    }
+                    Err(e) => Err(e),
+                };
                 let kind = match resp {
                     Err(_) => &counters.transport,
                     Ok(r) => {

@@ -27,10 +27,8 @@ pub async fn deploy(client: &Client, d: Deploy) -> anyhow::Result<()> {
     let b64 = base64::engine::general_purpose::STANDARD.encode(&zip);
     let exists = {
         let resp = client
-            .request(Method::GET, &format!("/2015-03-31/functions/{}", d.name))
-            .send()
-            .await
-            .map_err(|e| client.transport(e))?;
+            .execute(client.request(Method::GET, &format!("/2015-03-31/functions/{}", d.name)))
+            .await?;
         if resp.status().is_success() {
             true
         } else if is_not_found(resp.status()) {
@@ -123,6 +121,8 @@ async fn upload(
     zip_len: usize,
 ) -> anyhow::Result<Value> {
     let body = serde_json::to_vec(&doc)?;
+    // The body is streamed (for the progress bar): its hash travels ahead of it.
+    let hash = nimbus_sigv4::payload_hash(&body);
     let total = body.len() as u64;
     let bar = if std::io::IsTerminal::is_terminal(&std::io::stderr()) && zip_len > 64 * 1024 {
         indicatif::ProgressBar::new(total)
@@ -148,6 +148,7 @@ async fn upload(
         .request(method, path)
         .header("Content-Type", "application/json")
         .header("Content-Length", total)
+        .header("x-amz-content-sha256", hash)
         .body(reqwest::Body::wrap_stream(stream));
     let result = client.send(req).await;
     bar.finish_and_clear();
@@ -424,11 +425,8 @@ pub async fn event_config(
             body["DestinationConfig"] = dest;
             // Update merges with what is set; create it first when there is none.
             let resp = client
-                .request(Method::POST, &path)
-                .json(&body)
-                .send()
-                .await
-                .map_err(|e| client.transport(e))?;
+                .execute(client.request(Method::POST, &path).json(&body))
+                .await?;
             if resp.status().is_success() {
                 resp.json().await?
             } else if is_not_found(resp.status()) {

@@ -45,6 +45,12 @@ enum Cmd {
         /// Slots per worker (invocations each runs at once).
         #[arg(long)]
         slots: Option<u32>,
+        /// Access key id the gateway accepts (default: one generated on first
+        /// start and kept in the data dir).
+        #[arg(long, requires = "secret_access_key")]
+        access_key_id: Option<String>,
+        #[arg(long, requires = "access_key_id")]
+        secret_access_key: Option<String>,
     },
     /// Create a function, or update its code and configuration.
     Deploy {
@@ -344,8 +350,16 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             nats_port,
             workers,
             slots,
+            access_key_id,
+            secret_access_key,
         } => {
             up::up(up::UpArgs {
+                access_key: access_key_id.zip(secret_access_key).map(|(id, secret)| {
+                    nimbus_sigv4::Credentials {
+                        access_key_id: id,
+                        secret_access_key: secret,
+                    }
+                }),
                 data_dir: data_dir.unwrap_or_else(up::default_data_dir),
                 gateway_addr,
                 nats_port,

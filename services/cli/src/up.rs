@@ -12,7 +12,14 @@ use anyhow::{Context, bail};
 use tokio::process::{Child, Command};
 use tokio::signal::unix::{SignalKind, signal};
 
+/// The access keys `nimbus up` uses, in the data dir (AWS shared-credentials format,
+/// profile `default`): the gateway reads them, and so do the CLI, boto3 and the AWS
+/// CLI (`AWS_SHARED_CREDENTIALS_FILE`).
+pub const CREDENTIALS_FILE: &str = "credentials";
+
 pub struct UpArgs {
+    /// Keys to use instead of the ones kept in the data dir.
+    pub access_key: Option<nimbus_sigv4::Credentials>,
     pub data_dir: PathBuf,
     pub gateway_addr: String,
     pub nats_port: u16,
@@ -70,6 +77,39 @@ fn service_binary(name: &str) -> anyhow::Result<PathBuf> {
     Ok(p)
 }
 
+/// The keys in the data dir, created on first start (or replaced by `given`).
+fn ensure_credentials(
+    data: &Path,
+    given: Option<nimbus_sigv4::Credentials>,
+) -> anyhow::Result<nimbus_sigv4::Credentials> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = data.join(CREDENTIALS_FILE);
+    if given.is_none()
+        && let Ok(text) = std::fs::read_to_string(&path)
+        && let Some(c) = crate::client::profile_credentials(&text, "default")
+    {
+        return Ok(c);
+    }
+    let creds = match given {
+        Some(c) => c,
+        None => nimbus_sigv4::generate().context("generating an access key")?,
+    };
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    use std::io::Write;
+    writeln!(
+        f,
+        "# written by nimbus up: the keys this cluster's gateway accepts\n[default]\naws_access_key_id = {}\naws_secret_access_key = {}",
+        creds.access_key_id, creds.secret_access_key
+    )?;
+    Ok(creds)
+}
+
 async fn wait_for_port(addr: &str, what: &str, child: &mut Child) -> anyhow::Result<()> {
     for _ in 0..200 {
         if tokio::net::TcpStream::connect(addr).await.is_ok() {
@@ -97,6 +137,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
             store = data.join("nats/jetstream").display()
         ),
     )?;
+    let creds = ensure_credentials(&data, args.access_key.clone())?;
     let mut procs: Vec<Proc> = Vec::new();
     let result = start_all(&args, &data, &nats_bin, &conf, &mut procs).await;
     if let Err(e) = result {
@@ -104,12 +145,20 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         return Err(e);
     }
     let endpoint = format!("http://{}", args.gateway_addr);
-    if let Err(e) = wait_for_workers(&endpoint, args.workers).await {
+    if let Err(e) = wait_for_workers(&endpoint, args.workers, &creds).await {
         stop_all(&mut procs).await;
         return Err(e);
     }
     println!("Nimbus is up.");
-    println!("  endpoint:  {endpoint}   (AWS SDKs: endpoint_url={endpoint}, any credentials)");
+    println!("  endpoint:  {endpoint}   (AWS SDKs: endpoint_url={endpoint})");
+    println!(
+        "  keys:      AWS_ACCESS_KEY_ID={} AWS_SECRET_ACCESS_KEY={}",
+        creds.access_key_id, creds.secret_access_key
+    );
+    println!(
+        "             (kept in {}; the nimbus CLI finds them there, SDKs with AWS_SHARED_CREDENTIALS_FILE)",
+        data.join(CREDENTIALS_FILE).display()
+    );
     println!("  nats:      nats://127.0.0.1:{}", args.nats_port);
     println!("  data dir:  {}", data.display());
     println!(
@@ -145,13 +194,18 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
 
 /// Waits until every worker has heartbeated (the gateway reports them), so the
 /// first invoke after "Nimbus is up" finds a worker.
-async fn wait_for_workers(endpoint: &str, n: u32) -> anyhow::Result<()> {
+async fn wait_for_workers(
+    endpoint: &str,
+    n: u32,
+    creds: &nimbus_sigv4::Credentials,
+) -> anyhow::Result<()> {
     let client = reqwest::Client::new();
     for _ in 0..300 {
-        if let Ok(r) = client
+        let mut req = client
             .get(format!("{endpoint}/nimbus/v1/cluster"))
-            .send()
-            .await
+            .build()?;
+        nimbus_sigv4::sign_reqwest(&mut req, creds, "us-east-1");
+        if let Ok(r) = client.execute(req).await
             && let Ok(doc) = r.json::<serde_json::Value>().await
             && doc["workers"].as_array().map_or(0, Vec::len) >= n as usize
         {
@@ -199,7 +253,10 @@ async fn start_all(
     };
     let mut gateway = Command::new(service_binary("nimbus-gateway")?);
     common(&mut gateway, &data.join("gateway"));
-    gateway.env("NIMBUS_GATEWAY_ADDR", &args.gateway_addr);
+    gateway
+        .env("NIMBUS_GATEWAY_ADDR", &args.gateway_addr)
+        .env("NIMBUS_AUTH", "sigv4")
+        .env("NIMBUS_ACCESS_KEYS_FILE", data.join(CREDENTIALS_FILE));
     let mut gateway = gateway.spawn().context("starting nimbus-gateway")?;
     let mut scheduler = Command::new(service_binary("nimbus-scheduler")?);
     common(&mut scheduler, &data.join("scheduler"));

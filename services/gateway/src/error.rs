@@ -31,6 +31,9 @@ pub enum ApiError {
     Unavailable(String),
     #[error("{0}")]
     Service(String),
+    /// A request without valid credentials (403 with the SigV4 error type).
+    #[error("{0}")]
+    Auth(#[from] nimbus_sigv4::AuthError),
 }
 
 impl ApiError {
@@ -79,6 +82,7 @@ impl ApiError {
                 "ServiceException",
                 "Service",
             ),
+            Self::Auth(e) => (StatusCode::FORBIDDEN, e.aws_type(), "User"),
         }
     }
 

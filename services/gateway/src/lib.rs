@@ -10,6 +10,7 @@
 //! The gateway is the writer of function configurations (KV compare-and-set) and
 //! keeps a mirror of them for invocations; it holds no other state.
 
+pub mod auth;
 pub mod code;
 pub mod error;
 pub mod http;
@@ -28,6 +29,8 @@ pub struct GatewayConfig {
     pub s3_events_subject: Option<String>,
     /// Duplicate window of the async stream, if this gateway creates it.
     pub duplicate_window: std::time::Duration,
+    /// `None`: no signature checks (NIMBUS_AUTH=off).
+    pub access_keys: Option<auth::AccessKeys>,
 }
 
 /// Shared by every handler.
@@ -47,6 +50,8 @@ pub struct AppState {
     pub s3_events_subject: String,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     /// Last heartbeat of each worker, for `GET /nimbus/v1/cluster`.
+    /// Keys that may sign requests; `None`: the APIs are open.
+    pub access_keys: Option<auth::AccessKeys>,
     pub workers: std::sync::Mutex<
         std::collections::HashMap<String, (std::time::Instant, nimbus_proto::Heartbeat)>,
     >,
@@ -89,6 +94,7 @@ pub async fn run(
         region: cfg.region,
         s3_events_subject,
         metrics,
+        access_keys: cfg.access_keys,
         workers: Default::default(),
     });
     // Worker heartbeats, for the cluster status call (placement is the scheduler's).

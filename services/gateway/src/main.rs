@@ -29,6 +29,16 @@ struct Args {
     /// tests that bind port 0).
     #[arg(long, env = "NIMBUS_ADDR_FILE")]
     addr_file: Option<PathBuf>,
+    /// `sigv4`: the APIs need AWS SigV4 signatures from a configured key;
+    /// `off`: anyone may call them (development only).
+    #[arg(long, env = "NIMBUS_AUTH", default_value = "sigv4", value_parser = ["sigv4", "off"])]
+    auth: String,
+    /// Access keys as `ID:SECRET[,ID:SECRET…]`.
+    #[arg(long, env = "NIMBUS_ACCESS_KEYS", hide_env_values = true)]
+    access_keys: Option<String>,
+    /// An AWS shared-credentials file of access keys (what `nimbus up` writes).
+    #[arg(long, env = "NIMBUS_ACCESS_KEYS_FILE")]
+    access_keys_file: Option<PathBuf>,
 }
 
 #[tokio::main]
@@ -63,7 +73,26 @@ async fn main_exec() -> anyhow::Result<()> {
         std::fs::write(&tmp, listener.local_addr()?.to_string())?;
         std::fs::rename(&tmp, path)?;
     }
+    let access_keys = if args.auth == "off" {
+        tracing::warn!("NIMBUS_AUTH=off: the Lambda and native APIs accept unsigned requests");
+        None
+    } else {
+        let mut keys = nimbus_gateway::auth::AccessKeys::default();
+        if let Some(list) = &args.access_keys {
+            keys.extend(nimbus_gateway::auth::AccessKeys::parse_list(list)?);
+        }
+        if let Some(file) = &args.access_keys_file {
+            keys.extend(nimbus_gateway::auth::AccessKeys::load_file(file)?);
+        }
+        if keys.is_empty() {
+            anyhow::bail!(
+                "no access keys: set NIMBUS_ACCESS_KEYS (ID:SECRET) or NIMBUS_ACCESS_KEYS_FILE, or NIMBUS_AUTH=off to accept unsigned requests"
+            );
+        }
+        Some(keys)
+    };
     let cfg = nimbus_gateway::GatewayConfig {
+        access_keys,
         region: args.region,
         s3_events_subject: args.s3_events_subject,
         duplicate_window: args.nats.duplicate_window(),

@@ -362,6 +362,8 @@ async fn main() {
             json!({}),
         )
         .await;
+    // From here on requests go to the gateway: signed, as a real client's are.
+    let client = cluster.http.clone();
     let invoke_url = |f: &str| cluster.url(&format!("/2015-03-31/functions/{f}/invocations"));
     for (key, f, floor_key) in [
         ("native", "native-noop", &floor1),

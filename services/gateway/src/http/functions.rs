@@ -357,11 +357,23 @@ pub async fn get(
         .get("host")
         .and_then(|h| h.to_str().ok())
         .unwrap_or("127.0.0.1:8080");
+    let path = format!("/nimbus/v1/functions/{name}/code");
+    // Like Lambda's presigned S3 URL: works without credentials for a while.
+    let location = match &state.access_keys {
+        Some(keys) => format!(
+            "http://{host}{path}?{}",
+            keys.presign(
+                &path,
+                chrono::Utc::now().timestamp() + crate::auth::LINK_SECS
+            )
+        ),
+        None => format!("http://{host}{path}"),
+    };
     Ok(Json(json!({
         "Configuration": shapes::configuration(&cfg, &state.region),
         "Code": {
             "RepositoryType": "S3",
-            "Location": format!("http://{host}/nimbus/v1/functions/{name}/code"),
+            "Location": location,
         },
         "Tags": {},
     })))

@@ -118,6 +118,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(native::metrics))
         .fallback(web::routes_fallback)
         .layer(DefaultBodyLimit::disable())
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::auth::authenticate,
+        ))
         .layer(middleware::from_fn(track))
         .with_state(state)
 }

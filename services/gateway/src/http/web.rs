@@ -56,9 +56,21 @@ pub async fn function_url(
     let Ok((revision, cfg)) = lookup(&state, &name).await else {
         return message(StatusCode::NOT_FOUND, "Not Found");
     };
-    if cfg.url.is_none() {
+    let Some(url) = &cfg.url else {
         return message(StatusCode::NOT_FOUND, "Not Found");
-    }
+    };
+    // AWS_IAM: a SigV4-signed caller only (and none at all when no keys are set).
+    let req = if url.auth_type == "AWS_IAM" {
+        let Some(keys) = &state.access_keys else {
+            return message(StatusCode::FORBIDDEN, "Forbidden");
+        };
+        match crate::auth::check(keys, req).await {
+            Ok(req) => req,
+            Err(_) => return message(StatusCode::FORBIDDEN, "Forbidden"),
+        }
+    } else {
+        req
+    };
     let raw_path = format!("/{rest}");
     serve(
         &state,
@@ -457,9 +469,7 @@ fn host_of(headers: &axum::http::HeaderMap) -> String {
 fn auth_type(input: &UrlInput) -> Result<String, ApiError> {
     match input.auth_type.as_deref() {
         Some("NONE") => Ok("NONE".into()),
-        Some("AWS_IAM") => Err(ApiError::InvalidParameter(
-            "AuthType AWS_IAM is not supported yet; use NONE".into(),
-        )),
+        Some("AWS_IAM") => Ok("AWS_IAM".into()),
         Some(other) => Err(ApiError::InvalidParameter(format!(
             "1 validation error detected: Value '{other}' at 'authType' failed to satisfy constraint: Member must satisfy enum value set: [NONE, AWS_IAM]"
         ))),
