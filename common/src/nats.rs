@@ -30,6 +30,15 @@ pub struct NatsArgs {
         default_value_t = 120
     )]
     pub duplicate_window_secs: u64,
+    /// NATS user (with `NIMBUS_NATS_PASSWORD`), when the server wants one.
+    #[arg(long = "nats-user", env = "NIMBUS_NATS_USER")]
+    pub user: Option<String>,
+    #[arg(
+        long = "nats-password",
+        env = "NIMBUS_NATS_PASSWORD",
+        hide_env_values = true
+    )]
+    pub password: Option<String>,
 }
 
 impl NatsArgs {
@@ -48,7 +57,12 @@ impl NatsArgs {
 
 /// Connects (retrying until the server answers) and logs the client's events.
 pub async fn connect(args: &NatsArgs, name: &str) -> anyhow::Result<async_nats::Client> {
-    let client = async_nats::ConnectOptions::new()
+    let mut options = async_nats::ConnectOptions::new();
+    if let Some(user) = &args.user {
+        options =
+            options.user_and_password(user.clone(), args.password.clone().unwrap_or_default());
+    }
+    let client = options
         .name(name)
         .retry_on_initial_connect()
         .event_callback(|event| async move {

@@ -63,6 +63,20 @@ impl Subjects {
         format!("{}.events.s3", self.prefix)
     }
 
+    /// Every subject only the platform's services may publish to (NATS permission
+    /// patterns): users' publishers are denied these and may use the rest, the
+    /// object-event subject included.
+    pub fn internal(&self) -> Vec<String> {
+        let p = &self.prefix;
+        vec![
+            format!("{p}.invoke"),
+            format!("{p}.worker.>"),
+            format!("{p}.async.>"),
+            format!("{p}.dlq.>"),
+            format!("{p}.logs.>"),
+        ]
+    }
+
     /// Synchronous invocations from gateways to schedulers.
     pub fn invoke(&self) -> String {
         format!("{}.invoke", self.prefix)

@@ -179,9 +179,18 @@ impl Drop for Proc {
     }
 }
 
+/// The platform's services' NATS user; users' publishers get [`NATS_PUBLISHER`].
+pub const NATS_SERVICE_USER: &str = "nimbus";
+pub const NATS_PUBLISHER: &str = "publisher";
+
+/// A nats-server with JetStream and authorization on, as `nimbus up` runs it: the
+/// services' user may do anything; the publisher may publish to anything but the
+/// platform's internal subjects and subscribe to nothing; no one else gets in.
 pub struct Nats {
     pub url: String,
     pub proc: Proc,
+    pub service_password: String,
+    pub publisher_password: String,
     _dir: tempfile::TempDir,
 }
 
@@ -190,10 +199,18 @@ impl Nats {
         let dir = tempfile::tempdir().expect("tempdir");
         let conf = dir.path().join("nats.conf");
         let mut f = std::fs::File::create(&conf).expect("conf");
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let service_password = format!("svc-{stamp:x}");
+        let publisher_password = format!("pub-{stamp:x}");
+        let subjects = nimbus_proto_subjects();
         write!(
             f,
-            "listen: 127.0.0.1:-1\nmax_payload: 8MB\njetstream {{\n  store_dir: \"{}\"\n}}\n",
-            dir.path().join("js").display()
+            "listen: 127.0.0.1:-1\nmax_payload: 8MB\njetstream {{\n  store_dir: \"{}\"\n}}\n{}",
+            dir.path().join("js").display(),
+            nats_authorization(&service_password, &publisher_password, &subjects),
         )
         .expect("conf");
         let ports = dir.path().join("ports");
@@ -223,9 +240,39 @@ impl Nats {
         Nats {
             url,
             proc,
+            service_password,
+            publisher_password,
             _dir: dir,
         }
     }
+
+    /// What a service needs to reach this server.
+    pub fn service_env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("NIMBUS_NATS_URL", self.url.clone()),
+            ("NIMBUS_NATS_USER", NATS_SERVICE_USER.to_string()),
+            ("NIMBUS_NATS_PASSWORD", self.service_password.clone()),
+        ]
+    }
+}
+
+/// Internal subjects of the default prefix (what publishers are denied).
+fn nimbus_proto_subjects() -> Vec<String> {
+    nimbus_proto::Subjects::new("nimbus")
+        .expect("default prefix")
+        .internal()
+}
+
+/// The `authorization` block `nimbus up` writes too (see services/cli/src/up.rs).
+pub fn nats_authorization(service: &str, publisher: &str, internal: &[String]) -> String {
+    let mut deny: Vec<String> = internal.iter().map(|s| format!("\"{s}\"")).collect();
+    for s in ["$JS.>", "$KV.>", "$O.>", "$SYS.>", "_INBOX.>"] {
+        deny.push(format!("\"{s}\""));
+    }
+    format!(
+        "authorization {{\n  users = [\n    {{ user: \"{NATS_SERVICE_USER}\", password: \"{service}\" }}\n    {{ user: \"{NATS_PUBLISHER}\", password: \"{publisher}\", permissions: {{ publish: {{ allow: [\">\"], deny: [{}] }}, subscribe: {{ deny: [\">\"] }} }} }}\n  ]\n}}\n",
+        deny.join(", ")
+    )
 }
 
 #[derive(Debug, Clone)]
@@ -384,7 +431,7 @@ impl Cluster {
             cmd.env_clear()
                 .env("PATH", std::env::var_os("PATH").unwrap_or_default())
                 .env("RUST_LOG", "info")
-                .env("NIMBUS_NATS_URL", &nats.url)
+                .envs(nats.service_env())
                 .env("NIMBUS_CODE_STORE", &code_store)
                 .env("NIMBUS_DATA_DIR", dir)
                 .env("NIMBUS_DRAIN_TIMEOUT_SECS", "10");
@@ -531,22 +578,26 @@ impl Cluster {
     }
 
     pub async fn nats_client(&self) -> async_nats::Client {
-        async_nats::connect(&self.nats.url)
-            .await
-            .expect("nats connect")
+        async_nats::ConnectOptions::with_user_and_password(
+            NATS_SERVICE_USER.into(),
+            self.nats.service_password.clone(),
+        )
+        .connect(&self.nats.url)
+        .await
+        .expect("nats connect")
     }
 
     /// Starts another worker (`w<i>`), e.g. after one was killed.
     pub fn add_worker(&mut self) -> usize {
         let i = self.workers.len() as u32 + 1;
         let code_store = self.code_store.clone();
-        let url = self.nats.url.clone();
+        let nats_env = self.nats.service_env();
         let env = self.opts.env.clone();
         let base = move |name: &str, dir: &Path| {
             let mut cmd = Command::new(bin(name));
             cmd.env_clear()
                 .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-                .env("NIMBUS_NATS_URL", &url)
+                .envs(nats_env.clone())
                 .env("NIMBUS_CODE_STORE", &code_store)
                 .env("NIMBUS_DATA_DIR", dir);
             for (k, v) in &env {

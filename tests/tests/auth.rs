@@ -120,3 +120,81 @@ async fn function_urls_with_aws_iam_need_a_signature() {
     assert_eq!(r.status().as_u16(), 201);
     cluster.stop();
 }
+
+/// Speaks the NATS protocol by hand: `CONNECT` with `connect`, then `commands`, then
+/// `PING`; returns everything the server said until `PONG` or it hung up.
+fn nats_raw(url: &str, connect: serde_json::Value, commands: &str) -> String {
+    use std::io::{Read, Write};
+    let addr = url.trim_start_matches("nats://");
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let n = s.read(&mut buf).unwrap();
+    out.extend_from_slice(&buf[..n]);
+    write!(s, "CONNECT {connect}\r\n{commands}PING\r\n").unwrap();
+    while !String::from_utf8_lossy(&out).contains("PONG") {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn the_bus_is_closed_to_strangers_and_functions() {
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start(ClusterOpts::default()).await;
+    let url = cluster.nats.url.clone();
+    // No credentials: refused.
+    let anon = nats_raw(&url, json!({"verbose": false}), "");
+    assert!(anon.contains("Authorization Violation"), "{anon}");
+    // A publisher may fire triggers (any subject but the platform's) and nothing else.
+    let publisher =
+        json!({"verbose": false, "user": NATS_PUBLISHER, "pass": cluster.nats.publisher_password});
+    let ok = nats_raw(
+        &url,
+        publisher.clone(),
+        "PUB orders.new 2\r\nhi\r\nPUB nimbus.events.s3 2\r\n{}\r\n",
+    );
+    assert!(ok.contains("PONG") && !ok.contains("-ERR"), "{ok}");
+    for (cmd, what) in [
+        (
+            "PUB nimbus.invoke 2\r\nhi\r\n",
+            "Publish to \"nimbus.invoke\"",
+        ),
+        (
+            "PUB nimbus.worker.w1.invoke 2\r\nhi\r\n",
+            "Publish to \"nimbus.worker.w1.invoke\"",
+        ),
+        ("PUB $JS.API.INFO 0\r\n\r\n", "Publish to \"$JS.API.INFO\""),
+        ("SUB nimbus.> 1\r\n", "Subscription to \"nimbus.>\""),
+    ] {
+        let refused = nats_raw(&url, publisher.clone(), cmd);
+        assert!(
+            refused.contains("Permissions Violation") && refused.contains(what),
+            "{cmd}: {refused}"
+        );
+    }
+    // A function on the same host cannot get in either.
+    cluster
+        .create_function(
+            "prober",
+            "python3.12",
+            "app.nats_probe",
+            &python_zip(),
+            json!({}),
+        )
+        .await;
+    let (host, port) = url.trim_start_matches("nats://").rsplit_once(':').unwrap();
+    let r = cluster
+        .invoke("prober", &json!({"host": host, "port": port}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let answer = r.json()["answer"].as_str().unwrap_or_default().to_string();
+    assert!(answer.starts_with("INFO"), "{answer}");
+    assert!(answer.contains("Authorization Violation"), "{answer}");
+    cluster.stop();
+}

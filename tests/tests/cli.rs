@@ -164,7 +164,7 @@ async fn deploy_invoke_list_logs_remove() {
     );
     let addr_file = cluster.data.path().join("gateway2.addr");
     let mut cmd = Command::new(bin("nimbus-gateway"));
-    cmd.env("NIMBUS_NATS_URL", &cluster.nats.url)
+    cmd.envs(cluster.nats.service_env())
         .env("NIMBUS_CODE_STORE", &cluster.code_store)
         .env("NIMBUS_DATA_DIR", cluster.data.path().join("gateway"))
         .env("NIMBUS_GATEWAY_ADDR", "127.0.0.1:0")

@@ -279,7 +279,7 @@ async fn an_event_whose_scheduler_dies_after_it_ran_is_not_run_again() {
     cluster.scheduler.kill();
     wait_mark(&mark, "done solo").await;
     let mut cmd = std::process::Command::new(bin("nimbus-scheduler"));
-    cmd.env("NIMBUS_NATS_URL", &cluster.nats.url)
+    cmd.envs(cluster.nats.service_env())
         .env("NIMBUS_DATA_DIR", cluster.data.path().join("scheduler-2"));
     cluster.scheduler = Proc::spawn_for_test("scheduler-2", cmd, cluster.data.path());
     // JetStream redelivers after its ack wait (30 s); the new scheduler finds the

@@ -259,7 +259,7 @@ async fn misfire_policy_after_every_scheduler_was_down() {
     assert!(cluster.scheduler.terminate(Duration::from_secs(20)));
     tokio::time::sleep(Duration::from_secs(8)).await;
     let mut cmd = Command::new(bin("nimbus-scheduler"));
-    cmd.env("NIMBUS_NATS_URL", &cluster.nats.url)
+    cmd.envs(cluster.nats.service_env())
         .env("NIMBUS_MISFIRE_GRACE_MS", "1500")
         .env("NIMBUS_DUPLICATE_WINDOW_SECS", "2")
         .env("NIMBUS_DATA_DIR", cluster.data.path().join("scheduler"));

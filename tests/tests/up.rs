@@ -100,6 +100,10 @@ async fn up_runs_a_cluster_that_survives_restart() {
         .permissions()
         .mode();
     assert_eq!(mode & 0o777, 0o600);
+    // The bus wants credentials; publishers get theirs in the data dir.
+    let publisher = std::fs::read_to_string(data.join("nats/publisher.url")).unwrap();
+    assert!(publisher.starts_with("nats://publisher:"), "{publisher}");
+    assert!(up.log_text().contains(publisher.trim()));
     // Without them the API refuses.
     let refused = reqwest::get(format!("{endpoint}/2015-03-31/functions"))
         .await

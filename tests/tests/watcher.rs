@@ -37,7 +37,7 @@ async fn watch_state_written(nc: &async_nats::Client) -> bool {
 
 fn scheduler(cluster: &Cluster, name: &str) -> Proc {
     let mut cmd = Command::new(bin("nimbus-scheduler"));
-    cmd.env("NIMBUS_NATS_URL", &cluster.nats.url)
+    cmd.envs(cluster.nats.service_env())
         .env("NIMBUS_WATCH_INTERVAL_MS", "300")
         .env("NIMBUS_DATA_DIR", cluster.data.path().join(name));
     Proc::spawn_for_test(name, cmd, cluster.data.path())

@@ -77,6 +77,83 @@ fn service_binary(name: &str) -> anyhow::Result<PathBuf> {
     Ok(p)
 }
 
+const NATS_SERVICE_USER: &str = "nimbus";
+const NATS_PUBLISHER: &str = "publisher";
+
+/// Passwords of the bus: the services' user and the publishers' user.
+pub struct NatsSecrets {
+    service: String,
+    publisher: String,
+}
+
+fn random_token() -> anyhow::Result<String> {
+    // 32 base32 characters (160 bits), safe in URLs and config files.
+    let a = nimbus_sigv4::generate().context("random")?;
+    let b = nimbus_sigv4::generate().context("random")?;
+    Ok(format!("{}{}", &a.access_key_id[4..], &b.access_key_id[4..]).to_lowercase())
+}
+
+fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    f.write_all(text.as_bytes())?;
+    Ok(())
+}
+
+fn ensure_nats_secrets(data: &Path) -> anyhow::Result<NatsSecrets> {
+    let path = data.join("nats/secrets");
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        let get = |k: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(&format!("{k}=")))
+                .map(str::to_string)
+        };
+        if let (Some(service), Some(publisher)) = (get("service"), get("publisher")) {
+            return Ok(NatsSecrets { service, publisher });
+        }
+    }
+    let s = NatsSecrets {
+        service: random_token()?,
+        publisher: random_token()?,
+    };
+    write_private(
+        &path,
+        &format!("service={}\npublisher={}\n", s.service, s.publisher),
+    )?;
+    Ok(s)
+}
+
+/// nats-server's `authorization`: the services may do anything; publishers may
+/// publish to anything but the platform's own subjects (and `$JS`/`$SYS`/inboxes)
+/// and subscribe to nothing; no one else connects — a function on this host included.
+fn nats_authorization(s: &NatsSecrets) -> String {
+    let subjects = nimbus_proto_internal();
+    let mut deny: Vec<String> = subjects.iter().map(|s| format!("\"{s}\"")).collect();
+    for s in ["$JS.>", "$KV.>", "$O.>", "$SYS.>", "_INBOX.>"] {
+        deny.push(format!("\"{s}\""));
+    }
+    format!(
+        "authorization {{\n  users = [\n    {{ user: \"{NATS_SERVICE_USER}\", password: \"{}\" }}\n    {{ user: \"{NATS_PUBLISHER}\", password: \"{}\", permissions: {{ publish: {{ allow: [\">\"], deny: [{}] }}, subscribe: {{ deny: [\">\"] }} }} }}\n  ]\n}}\n",
+        s.service,
+        s.publisher,
+        deny.join(", ")
+    )
+}
+
+/// The default prefix's internal subjects (`nimbus up` runs the default prefix).
+fn nimbus_proto_internal() -> Vec<String> {
+    nimbus_proto::Subjects::new("nimbus")
+        .map(|s| s.internal())
+        .unwrap_or_default()
+}
+
 /// The keys in the data dir, created on first start (or replaced by `given`).
 fn ensure_credentials(
     data: &Path,
@@ -128,18 +205,28 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(data.join("nats"))
         .with_context(|| format!("creating {}", data.display()))?;
     let nats_bin = find_nats_server()?;
+    let nats_secrets = ensure_nats_secrets(&data)?;
     let conf = data.join("nats/nats.conf");
     std::fs::write(
         &conf,
         format!(
-            "# written by nimbus up\nlisten: 127.0.0.1:{port}\nmax_payload: 8MB\njetstream {{\n  store_dir: \"{store}\"\n  sync_interval: always\n}}\n",
+            "# written by nimbus up\nlisten: 127.0.0.1:{port}\nmax_payload: 8MB\njetstream {{\n  store_dir: \"{store}\"\n  sync_interval: always\n}}\n{auth}",
             port = args.nats_port,
-            store = data.join("nats/jetstream").display()
+            store = data.join("nats/jetstream").display(),
+            auth = nats_authorization(&nats_secrets),
         ),
+    )?;
+    let publisher_url = format!(
+        "nats://{NATS_PUBLISHER}:{}@127.0.0.1:{}",
+        nats_secrets.publisher, args.nats_port
+    );
+    write_private(
+        &data.join("nats/publisher.url"),
+        &format!("{publisher_url}\n"),
     )?;
     let creds = ensure_credentials(&data, args.access_key.clone())?;
     let mut procs: Vec<Proc> = Vec::new();
-    let result = start_all(&args, &data, &nats_bin, &conf, &mut procs).await;
+    let result = start_all(&args, &data, &nats_bin, &conf, &nats_secrets, &mut procs).await;
     if let Err(e) = result {
         stop_all(&mut procs).await;
         return Err(e);
@@ -159,7 +246,14 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         "             (kept in {}; the nimbus CLI finds them there, SDKs with AWS_SHARED_CREDENTIALS_FILE)",
         data.join(CREDENTIALS_FILE).display()
     );
-    println!("  nats:      nats://127.0.0.1:{}", args.nats_port);
+    println!(
+        "  nats:      nats://127.0.0.1:{} (authorization on: services only)",
+        args.nats_port
+    );
+    println!(
+        "  publish:   {publisher_url}   (your apps and MinIO: trigger subjects only; kept in {})",
+        data.join("nats/publisher.url").display()
+    );
     println!("  data dir:  {}", data.display());
     println!(
         "  try:       nimbus deploy hello --runtime python3.12 --handler app.handler --code ./hello/"
@@ -221,6 +315,7 @@ async fn start_all(
     data: &Path,
     nats_bin: &Path,
     conf: &Path,
+    nats_secrets: &NatsSecrets,
     procs: &mut Vec<Proc>,
 ) -> anyhow::Result<()> {
     let nats_log = std::fs::File::create(data.join("nats/nats-server.log"))?;
@@ -246,6 +341,8 @@ async fn start_all(
     let code_store = format!("file://{}", data.join("code-store").display());
     let common = |cmd: &mut Command, dir: &Path| {
         cmd.env("NIMBUS_NATS_URL", &nats_url)
+            .env("NIMBUS_NATS_USER", NATS_SERVICE_USER)
+            .env("NIMBUS_NATS_PASSWORD", &nats_secrets.service)
             .env("NIMBUS_CODE_STORE", &code_store)
             .env("NIMBUS_DATA_DIR", dir)
             .stdin(Stdio::null())
