@@ -22,15 +22,24 @@ fn unique() -> u128 {
 
 /// Fails unless every protection the tests below rely on is on.
 async fn require_box(cluster: &Cluster) {
-    let doc: Value = cluster
-        .http
-        .get(cluster.url("/nimbus/v1/cluster"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    // The gateway lists a worker once it has heard its first heartbeat.
+    let doc: Value = eventually(
+        Duration::from_secs(10),
+        "a worker in the cluster call",
+        || async {
+            let doc: Value = cluster
+                .http
+                .get(cluster.url("/nimbus/v1/cluster"))
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            (!doc["workers"].as_array()?.is_empty()).then_some(doc)
+        },
+    )
+    .await;
     let sandbox = &doc["workers"][0]["sandbox"];
     for p in ["uid", "cgroup", "mount_namespace"] {
         let state = sandbox[p].as_str().unwrap_or("missing");
