@@ -39,7 +39,7 @@ pub use invoke::{
 pub use logs::LogRecord;
 pub use route::{FunctionUrlConfig, RouteConfig};
 pub use schedule::{Misfire, ScheduleConfig, ScheduleState};
-pub use subjects::Subjects;
+pub use subjects::{NATS_PUBLISHER_USER, NATS_SERVICE_USER, Subjects};
 pub use trigger::{TriggerConfig, TriggerSource};
 pub use worker::{Heartbeat, WarmInstances};
 

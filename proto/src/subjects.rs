@@ -37,6 +37,11 @@ fn valid_token(t: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
+/// The NATS user of the platform's services.
+pub const NATS_SERVICE_USER: &str = "nimbus";
+/// The NATS user of users' publishers (trigger subjects only).
+pub const NATS_PUBLISHER_USER: &str = "publisher";
+
 impl Subjects {
     pub fn new(prefix: &str) -> Result<Self, SubjectError> {
         if prefix.split('.').all(valid_token) {
@@ -75,6 +80,24 @@ impl Subjects {
             format!("{p}.dlq.>"),
             format!("{p}.logs.>"),
         ]
+    }
+
+    /// nats-server's `authorization` block for a cluster on this prefix: the
+    /// services' user ([`NATS_SERVICE_USER`]) may do anything; the publisher
+    /// ([`NATS_PUBLISHER_USER`], for users' apps and MinIO) may publish to anything
+    /// but [`Subjects::internal`] and `$JS`/`$KV`/`$O`/`$SYS`/inboxes, and subscribe to
+    /// nothing; no one else connects. Passwords go in as they are (no quotes in them).
+    pub fn nats_authorization(&self, service_password: &str, publisher_password: &str) -> String {
+        let deny: Vec<String> = self
+            .internal()
+            .into_iter()
+            .chain(["$JS.>", "$KV.>", "$O.>", "$SYS.>", "_INBOX.>"].map(String::from))
+            .map(|s| format!("\"{s}\""))
+            .collect();
+        format!(
+            "authorization {{\n  users = [\n    {{ user: \"{NATS_SERVICE_USER}\", password: \"{service_password}\" }}\n    {{ user: \"{NATS_PUBLISHER_USER}\", password: \"{publisher_password}\", permissions: {{ publish: {{ allow: [\">\"], deny: [{}] }}, subscribe: {{ deny: [\">\"] }} }} }}\n  ]\n}}\n",
+            deny.join(", ")
+        )
     }
 
     /// Synchronous invocations from gateways to schedulers.

@@ -403,26 +403,68 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// `n` random characters of the base32 alphabet (A–Z, 2–7: safe in URLs and
+/// config files) from the OS's random source.
+pub fn random_base32(n: usize) -> std::io::Result<String> {
+    random_chars(n, b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567")
+}
+
+fn random_chars(n: usize, alphabet: &[u8]) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut raw = vec![0u8; n];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut raw)?;
+    Ok(raw
+        .iter()
+        .map(|b| alphabet[(*b as usize) % alphabet.len()] as char)
+        .collect())
+}
+
 /// A new access key pair (`AKIA…`-shaped id, 40-character secret) from the OS's
 /// random source.
 pub fn generate() -> std::io::Result<Credentials> {
-    use std::io::Read;
-    let mut raw = [0u8; 46];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut raw)?;
-    const ID: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
-    const SECRET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let id: String = raw[..16]
-        .iter()
-        .map(|b| ID[(*b as usize) % ID.len()] as char)
-        .collect();
-    let secret: String = raw[6..46]
-        .iter()
-        .map(|b| SECRET[(*b as usize) % SECRET.len()] as char)
-        .collect();
     Ok(Credentials {
-        access_key_id: format!("NIMB{id}"),
-        secret_access_key: secret,
+        access_key_id: format!("NIMB{}", random_base32(16)?),
+        secret_access_key: random_chars(
+            40,
+            b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/",
+        )?,
     })
+}
+
+/// The profiles of an AWS shared-credentials file that carry both
+/// `aws_access_key_id` and `aws_secret_access_key`, in file order.
+pub fn credentials_profiles(text: &str) -> Vec<(String, Credentials)> {
+    let mut out = Vec::new();
+    let mut profile = String::new();
+    let (mut id, mut secret) = (None, None);
+    let flush =
+        |out: &mut Vec<_>, profile: &str, id: &mut Option<String>, secret: &mut Option<String>| {
+            if let (Some(access_key_id), Some(secret_access_key)) = (id.take(), secret.take()) {
+                out.push((
+                    profile.to_string(),
+                    Credentials {
+                        access_key_id,
+                        secret_access_key,
+                    },
+                ));
+            }
+            *id = None;
+            *secret = None;
+        };
+    for line in text.lines().map(str::trim) {
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            flush(&mut out, &profile, &mut id, &mut secret);
+            profile = name.trim().to_string();
+        } else if let Some((k, v)) = line.split_once('=') {
+            match k.trim() {
+                "aws_access_key_id" => id = Some(v.trim().to_string()),
+                "aws_secret_access_key" => secret = Some(v.trim().to_string()),
+                _ => {}
+            }
+        }
+    }
+    flush(&mut out, &profile, &mut id, &mut secret);
+    out
 }
 
 #[cfg(test)]
@@ -515,6 +557,17 @@ mod tests {
         );
         assert_eq!(canonical_query("b=2&a=%20x&a=1"), "a=%20x&a=1&b=2");
         assert_eq!(decode("a%2Fb+c%zz"), "a/b c%zz");
+    }
+
+    #[test]
+    fn reads_credentials_profiles() {
+        let text = "[default]\naws_access_key_id = AK1\naws_secret_access_key = s1\n\n[other]\naws_secret_access_key=s2\naws_access_key_id=AK2\n[half]\naws_access_key_id=AK3\n";
+        let p = credentials_profiles(text);
+        assert_eq!(p.len(), 2, "{p:?}");
+        assert_eq!(p[0].0, "default");
+        assert_eq!(p[0].1.access_key_id, "AK1");
+        assert_eq!(p[1].0, "other");
+        assert_eq!(p[1].1.secret_access_key, "s2");
     }
 
     #[test]

@@ -179,9 +179,7 @@ impl Drop for Proc {
     }
 }
 
-/// The platform's services' NATS user; users' publishers get [`NATS_PUBLISHER`].
-pub const NATS_SERVICE_USER: &str = "nimbus";
-pub const NATS_PUBLISHER: &str = "publisher";
+pub use nimbus_proto::{NATS_PUBLISHER_USER, NATS_SERVICE_USER};
 
 /// A nats-server with JetStream and authorization on, as `nimbus up` runs it: the
 /// services' user may do anything; the publisher may publish to anything but the
@@ -205,12 +203,13 @@ impl Nats {
             .as_nanos();
         let service_password = format!("svc-{stamp:x}");
         let publisher_password = format!("pub-{stamp:x}");
-        let subjects = nimbus_proto_subjects();
         write!(
             f,
             "listen: 127.0.0.1:-1\nmax_payload: 8MB\njetstream {{\n  store_dir: \"{}\"\n}}\n{}",
             dir.path().join("js").display(),
-            nats_authorization(&service_password, &publisher_password, &subjects),
+            nimbus_proto::Subjects::new("nimbus")
+                .expect("default prefix")
+                .nats_authorization(&service_password, &publisher_password),
         )
         .expect("conf");
         let ports = dir.path().join("ports");
@@ -254,25 +253,6 @@ impl Nats {
             ("NIMBUS_NATS_PASSWORD", self.service_password.clone()),
         ]
     }
-}
-
-/// Internal subjects of the default prefix (what publishers are denied).
-fn nimbus_proto_subjects() -> Vec<String> {
-    nimbus_proto::Subjects::new("nimbus")
-        .expect("default prefix")
-        .internal()
-}
-
-/// The `authorization` block `nimbus up` writes too (see services/cli/src/up.rs).
-pub fn nats_authorization(service: &str, publisher: &str, internal: &[String]) -> String {
-    let mut deny: Vec<String> = internal.iter().map(|s| format!("\"{s}\"")).collect();
-    for s in ["$JS.>", "$KV.>", "$O.>", "$SYS.>", "_INBOX.>"] {
-        deny.push(format!("\"{s}\""));
-    }
-    format!(
-        "authorization {{\n  users = [\n    {{ user: \"{NATS_SERVICE_USER}\", password: \"{service}\" }}\n    {{ user: \"{NATS_PUBLISHER}\", password: \"{publisher}\", permissions: {{ publish: {{ allow: [\">\"], deny: [{}] }}, subscribe: {{ deny: [\">\"] }} }} }}\n  ]\n}}\n",
-        deny.join(", ")
-    )
 }
 
 #[derive(Debug, Clone)]
@@ -450,10 +430,7 @@ impl Cluster {
         let mut gw = base("nimbus-gateway", &data.path().join("gateway"));
         gw.env("NIMBUS_GATEWAY_ADDR", "127.0.0.1:0")
             .env("NIMBUS_ADDR_FILE", &addr_file)
-            .env(
-                "NIMBUS_ACCESS_KEYS",
-                format!("{TEST_ACCESS_KEY_ID}:{TEST_SECRET_ACCESS_KEY}"),
-            );
+            .env("NIMBUS_ACCESS_KEYS", test_access_keys());
         let gateway = Proc::spawn("gateway", gw, data.path());
         let scheduler = Proc::spawn(
             "scheduler",
@@ -741,6 +718,18 @@ impl Invoked {
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
+
+    /// The decoded `X-Amz-Log-Result` of an invoke with `X-Amz-Log-Type: Tail`.
+    pub fn log_tail(&self) -> String {
+        use base64::Engine;
+        let b64 = self.header("X-Amz-Log-Result").expect("a log tail");
+        String::from_utf8(
+            base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .expect("base64 log tail"),
+        )
+        .expect("UTF-8 log tail")
+    }
 }
 
 /// A zip of `files` (name, contents, executable).
@@ -869,11 +858,22 @@ pub fn s3_env(endpoint: &str) -> Vec<(String, String)> {
 }
 
 /// Runs the `nimbus` CLI against `endpoint`; returns success and stdout+stderr.
-pub fn nimbus(endpoint: &str, args: &[&str]) -> (bool, String) {
-    let out = Command::new(bin("nimbus"))
-        .env("NIMBUS_ENDPOINT", endpoint)
+/// The `nimbus` CLI aimed at `endpoint`, signing with [`test_credentials`].
+pub fn nimbus_cmd(endpoint: &str) -> Command {
+    let mut cmd = Command::new(bin("nimbus"));
+    cmd.env("NIMBUS_ENDPOINT", endpoint)
         .env("AWS_ACCESS_KEY_ID", TEST_ACCESS_KEY_ID)
-        .env("AWS_SECRET_ACCESS_KEY", TEST_SECRET_ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", TEST_SECRET_ACCESS_KEY);
+    cmd
+}
+
+/// `ID:SECRET` of [`test_credentials`], for a gateway's `NIMBUS_ACCESS_KEYS`.
+pub fn test_access_keys() -> String {
+    format!("{TEST_ACCESS_KEY_ID}:{TEST_SECRET_ACCESS_KEY}")
+}
+
+pub fn nimbus(endpoint: &str, args: &[&str]) -> (bool, String) {
+    let out = nimbus_cmd(endpoint)
         .args(args)
         .output()
         .expect("running nimbus");
@@ -898,10 +898,7 @@ pub fn read_jsonl(path: &Path) -> Vec<serde_json::Value> {
 
 /// Runs the `nimbus` CLI; returns success, stdout and stderr apart.
 pub fn nimbus_split(endpoint: &str, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(bin("nimbus"))
-        .env("NIMBUS_ENDPOINT", endpoint)
-        .env("AWS_ACCESS_KEY_ID", TEST_ACCESS_KEY_ID)
-        .env("AWS_SECRET_ACCESS_KEY", TEST_SECRET_ACCESS_KEY)
+    let out = nimbus_cmd(endpoint)
         .args(args)
         .output()
         .expect("running nimbus");

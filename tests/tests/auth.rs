@@ -66,9 +66,7 @@ async fn apis_need_a_valid_signature() {
     // The CLI signs with the usual AWS variables; a wrong secret is named.
     let (ok, out) = nimbus(&cluster.endpoint, &["invoke", "authed"]);
     assert!(ok && out.contains("hello world"), "{out}");
-    let wrong = std::process::Command::new(bin("nimbus"))
-        .env("NIMBUS_ENDPOINT", &cluster.endpoint)
-        .env("AWS_ACCESS_KEY_ID", TEST_ACCESS_KEY_ID)
+    let wrong = nimbus_cmd(&cluster.endpoint)
         .env("AWS_SECRET_ACCESS_KEY", "not-the-secret")
         .args(["ls"])
         .output()
@@ -152,8 +150,7 @@ async fn the_bus_is_closed_to_strangers_and_functions() {
     let anon = nats_raw(&url, json!({"verbose": false}), "");
     assert!(anon.contains("Authorization Violation"), "{anon}");
     // A publisher may fire triggers (any subject but the platform's) and nothing else.
-    let publisher =
-        json!({"verbose": false, "user": NATS_PUBLISHER, "pass": cluster.nats.publisher_password});
+    let publisher = json!({"verbose": false, "user": NATS_PUBLISHER_USER, "pass": cluster.nats.publisher_password});
     let ok = nats_raw(
         &url,
         publisher.clone(),

@@ -1,16 +1,11 @@
 //! A tiny run of `nimbus bench` so it keeps working: every request completes, none
 //! fails, every reported figure has samples. No timing thresholds.
 
-use std::process::Command;
-
 use nimbus_tests::*;
 use serde_json::{Value, json};
 
 fn bench(endpoint: &str, args: &[&str]) -> Value {
-    let out = Command::new(bin("nimbus"))
-        .env("AWS_ACCESS_KEY_ID", TEST_ACCESS_KEY_ID)
-        .env("AWS_SECRET_ACCESS_KEY", TEST_SECRET_ACCESS_KEY)
-        .env("NIMBUS_ENDPOINT", endpoint)
+    let out = nimbus_cmd(endpoint)
         .arg("bench")
         .args(args)
         .args(["--output", "json"])
@@ -70,10 +65,7 @@ async fn bench_runs_a_few_hundred_invocations() {
     assert_eq!(r["succeeded"], 100, "{r}");
     assert_eq!(r["mode"], "Event");
     // A missing function fails like every other command.
-    let out = Command::new(bin("nimbus"))
-        .env("AWS_ACCESS_KEY_ID", TEST_ACCESS_KEY_ID)
-        .env("AWS_SECRET_ACCESS_KEY", TEST_SECRET_ACCESS_KEY)
-        .env("NIMBUS_ENDPOINT", &cluster.endpoint)
+    let out = nimbus_cmd(&cluster.endpoint)
         .args(["bench", "ghost", "-n", "5"])
         .output()
         .unwrap();

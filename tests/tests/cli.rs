@@ -169,10 +169,7 @@ async fn deploy_invoke_list_logs_remove() {
         .env("NIMBUS_DATA_DIR", cluster.data.path().join("gateway"))
         .env("NIMBUS_GATEWAY_ADDR", "127.0.0.1:0")
         .env("NIMBUS_ADDR_FILE", &addr_file)
-        .env(
-            "NIMBUS_ACCESS_KEYS",
-            format!("{TEST_ACCESS_KEY_ID}:{TEST_SECRET_ACCESS_KEY}"),
-        );
+        .env("NIMBUS_ACCESS_KEYS", test_access_keys());
     cluster.gateway = Proc::spawn_for_test("gateway2", cmd, cluster.data.path());
     let addr = eventually(
         std::time::Duration::from_secs(20),

@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use base64::Engine;
 use futures::StreamExt;
 use nimbus_tests::*;
 use serde_json::json;
@@ -32,12 +31,7 @@ async fn shell_and_rust_bootstraps() {
         .invoke_raw("sh", b"{\"n\":2}".to_vec(), &[("X-Amz-Log-Type", "Tail")])
         .await;
     assert_eq!(r.json()["event"]["n"], 2);
-    let log = String::from_utf8(
-        base64::engine::general_purpose::STANDARD
-            .decode(r.header("X-Amz-Log-Result").unwrap())
-            .unwrap(),
-    )
-    .unwrap();
+    let log = r.log_tail();
     assert!(log.contains("shell got "), "{log}");
     assert!(
         !log.contains("Init Duration"),
@@ -119,12 +113,7 @@ async fn timeout_kills_the_process_group_and_the_next_call_works() {
             .contains("Task timed out after 2.00 seconds"),
         "{err}"
     );
-    let log = String::from_utf8(
-        base64::engine::general_purpose::STANDARD
-            .decode(r.header("X-Amz-Log-Result").unwrap())
-            .unwrap(),
-    )
-    .unwrap();
+    let log = r.log_tail();
     let pid: i32 = log
         .lines()
         .find_map(|l| l.strip_prefix("child-pid "))
@@ -183,12 +172,7 @@ async fn report_line_measures_memory() {
         )
         .await;
     assert_eq!(r.json()["held_mb"], 100);
-    let log = String::from_utf8(
-        base64::engine::general_purpose::STANDARD
-            .decode(r.header("X-Amz-Log-Result").unwrap())
-            .unwrap(),
-    )
-    .unwrap();
+    let log = r.log_tail();
     let report = log.lines().find(|l| l.starts_with("REPORT")).unwrap();
     let field = |name: &str| -> f64 {
         report
@@ -283,12 +267,7 @@ async fn nodejs_runtime_async_callback_and_errors() {
         v["requestId"].as_str(),
         r.header("x-amzn-RequestId").as_deref()
     );
-    let log = String::from_utf8(
-        base64::engine::general_purpose::STANDARD
-            .decode(r.header("X-Amz-Log-Result").unwrap())
-            .unwrap(),
-    )
-    .unwrap();
+    let log = r.log_tail();
     assert!(
         log.contains("node says hi 1") && log.contains("REPORT RequestId:"),
         "{log}"

@@ -8,7 +8,6 @@
 
 use std::time::{Duration, Instant};
 
-use base64::Engine;
 use nimbus_tests::*;
 use serde_json::{Value, json};
 
@@ -48,15 +47,6 @@ async fn require_box(cluster: &Cluster) {
             "sandbox protection {p} is {state}: {doc}"
         );
     }
-}
-
-fn tail_log(r: &Invoked) -> String {
-    String::from_utf8(
-        base64::engine::general_purpose::STANDARD
-            .decode(r.header("X-Amz-Log-Result").expect("log tail"))
-            .unwrap(),
-    )
-    .unwrap()
 }
 
 /// Processes on the host owned by `uid`.
@@ -189,7 +179,7 @@ async fn memory_limit_ends_the_invocation_not_the_worker() {
     );
     let doc = r.json();
     assert_eq!(doc["errorType"], "Runtime.OutOfMemory", "{doc}");
-    let log = tail_log(&r);
+    let log = r.log_tail();
     assert!(log.contains("Runtime.OutOfMemory"), "{log}");
     let report = log.lines().find(|l| l.starts_with("REPORT")).unwrap();
     assert!(report.contains("Memory Size: 128 MB"), "{report}");

@@ -17,12 +17,11 @@ fn free_port() -> u16 {
 /// The CLI as a user runs it after `nimbus up`: no AWS variables or profile, so it
 /// signs with the keys `nimbus up` keeps in its data dir.
 fn cli(data: &std::path::Path, endpoint: &str, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(bin("nimbus"))
+    let out = nimbus_cmd(endpoint)
         .env_remove("AWS_ACCESS_KEY_ID")
         .env_remove("AWS_SECRET_ACCESS_KEY")
         .env_remove("AWS_PROFILE")
         .env("HOME", data)
-        .env("NIMBUS_ENDPOINT", endpoint)
         .env("NIMBUS_DATA_DIR", data)
         .args(args)
         .output()

@@ -150,21 +150,8 @@ pub fn find_credentials() -> anyhow::Result<Option<Credentials>> {
 
 /// The keys of `[profile]` in an AWS shared-credentials file.
 pub fn profile_credentials(text: &str, profile: &str) -> Option<Credentials> {
-    let mut in_profile = false;
-    let (mut id, mut secret) = (None, None);
-    for line in text.lines().map(str::trim) {
-        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
-            in_profile = name.trim() == profile;
-        } else if in_profile && let Some((k, v)) = line.split_once('=') {
-            match k.trim() {
-                "aws_access_key_id" => id = Some(v.trim().to_string()),
-                "aws_secret_access_key" => secret = Some(v.trim().to_string()),
-                _ => {}
-            }
-        }
-    }
-    Some(Credentials {
-        access_key_id: id?,
-        secret_access_key: secret?,
-    })
+    nimbus_sigv4::credentials_profiles(text)
+        .into_iter()
+        .rev()
+        .find_map(|(name, c)| (name == profile).then_some(c))
 }

@@ -9,6 +9,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use nimbus_proto::{NATS_PUBLISHER_USER, NATS_SERVICE_USER};
 use tokio::process::{Child, Command};
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -77,9 +78,6 @@ fn service_binary(name: &str) -> anyhow::Result<PathBuf> {
     Ok(p)
 }
 
-const NATS_SERVICE_USER: &str = "nimbus";
-const NATS_PUBLISHER: &str = "publisher";
-
 /// Passwords of the bus: the services' user and the publishers' user.
 pub struct NatsSecrets {
     service: String,
@@ -88,9 +86,9 @@ pub struct NatsSecrets {
 
 fn random_token() -> anyhow::Result<String> {
     // 32 base32 characters (160 bits), safe in URLs and config files.
-    let a = nimbus_sigv4::generate().context("random")?;
-    let b = nimbus_sigv4::generate().context("random")?;
-    Ok(format!("{}{}", &a.access_key_id[4..], &b.access_key_id[4..]).to_lowercase())
+    Ok(nimbus_sigv4::random_base32(32)
+        .context("random")?
+        .to_lowercase())
 }
 
 fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
@@ -130,36 +128,11 @@ fn ensure_nats_secrets(data: &Path) -> anyhow::Result<NatsSecrets> {
     Ok(s)
 }
 
-/// nats-server's `authorization`: the services may do anything; publishers may
-/// publish to anything but the platform's own subjects (and `$JS`/`$SYS`/inboxes)
-/// and subscribe to nothing; no one else connects — a function on this host included.
-fn nats_authorization(s: &NatsSecrets) -> String {
-    let subjects = nimbus_proto_internal();
-    let mut deny: Vec<String> = subjects.iter().map(|s| format!("\"{s}\"")).collect();
-    for s in ["$JS.>", "$KV.>", "$O.>", "$SYS.>", "_INBOX.>"] {
-        deny.push(format!("\"{s}\""));
-    }
-    format!(
-        "authorization {{\n  users = [\n    {{ user: \"{NATS_SERVICE_USER}\", password: \"{}\" }}\n    {{ user: \"{NATS_PUBLISHER}\", password: \"{}\", permissions: {{ publish: {{ allow: [\">\"], deny: [{}] }}, subscribe: {{ deny: [\">\"] }} }} }}\n  ]\n}}\n",
-        s.service,
-        s.publisher,
-        deny.join(", ")
-    )
-}
-
-/// The default prefix's internal subjects (`nimbus up` runs the default prefix).
-fn nimbus_proto_internal() -> Vec<String> {
-    nimbus_proto::Subjects::new("nimbus")
-        .map(|s| s.internal())
-        .unwrap_or_default()
-}
-
 /// The keys in the data dir, created on first start (or replaced by `given`).
 fn ensure_credentials(
     data: &Path,
     given: Option<nimbus_sigv4::Credentials>,
 ) -> anyhow::Result<nimbus_sigv4::Credentials> {
-    use std::os::unix::fs::OpenOptionsExt;
     let path = data.join(CREDENTIALS_FILE);
     if given.is_none()
         && let Ok(text) = std::fs::read_to_string(&path)
@@ -171,18 +144,12 @@ fn ensure_credentials(
         Some(c) => c,
         None => nimbus_sigv4::generate().context("generating an access key")?,
     };
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    use std::io::Write;
-    writeln!(
-        f,
-        "# written by nimbus up: the keys this cluster's gateway accepts\n[default]\naws_access_key_id = {}\naws_secret_access_key = {}",
-        creds.access_key_id, creds.secret_access_key
+    write_private(
+        &path,
+        &format!(
+            "# written by nimbus up: the keys this cluster's gateway accepts\n[default]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
+            creds.access_key_id, creds.secret_access_key
+        ),
     )?;
     Ok(creds)
 }
@@ -213,11 +180,12 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
             "# written by nimbus up\nlisten: 127.0.0.1:{port}\nmax_payload: 8MB\njetstream {{\n  store_dir: \"{store}\"\n  sync_interval: always\n}}\n{auth}",
             port = args.nats_port,
             store = data.join("nats/jetstream").display(),
-            auth = nats_authorization(&nats_secrets),
+            auth = nimbus_proto::Subjects::new("nimbus")?
+                .nats_authorization(&nats_secrets.service, &nats_secrets.publisher),
         ),
     )?;
     let publisher_url = format!(
-        "nats://{NATS_PUBLISHER}:{}@127.0.0.1:{}",
+        "nats://{NATS_PUBLISHER_USER}:{}@127.0.0.1:{}",
         nats_secrets.publisher, args.nats_port
     );
     write_private(

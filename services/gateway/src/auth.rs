@@ -43,27 +43,9 @@ impl AccessKeys {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading access keys from {}", path.display()))?;
         let mut keys = HashMap::new();
-        let mut id: Option<String> = None;
-        let mut secret: Option<String> = None;
-        let mut flush = |id: &mut Option<String>, secret: &mut Option<String>| {
-            if let (Some(i), Some(s)) = (id.take(), secret.take()) {
-                insert(&mut keys, &i, &s)
-            } else {
-                Ok(())
-            }
-        };
-        for line in text.lines().map(str::trim) {
-            if line.starts_with('[') {
-                flush(&mut id, &mut secret)?;
-            } else if let Some((k, v)) = line.split_once('=') {
-                match k.trim() {
-                    "aws_access_key_id" => id = Some(v.trim().to_string()),
-                    "aws_secret_access_key" => secret = Some(v.trim().to_string()),
-                    _ => {}
-                }
-            }
+        for (_, c) in nimbus_sigv4::credentials_profiles(&text) {
+            insert(&mut keys, &c.access_key_id, &c.secret_access_key)?;
         }
-        flush(&mut id, &mut secret)?;
         if keys.is_empty() {
             bail!(
                 "{} holds no aws_access_key_id/aws_secret_access_key pair",
@@ -100,11 +82,17 @@ impl AccessKeys {
     /// A query string that lets anyone GET `path` until `expires` (unix seconds),
     /// like the presigned S3 URL of Lambda's `Code.Location`.
     pub fn presign(&self, path: &str, expires: i64) -> String {
-        let sig = nimbus_sigv4::hex(&nimbus_sigv4::hmac(
+        format!(
+            "X-Nimbus-Expires={expires}&X-Nimbus-Signature={}",
+            self.link_signature(path, expires)
+        )
+    }
+
+    fn link_signature(&self, path: &str, expires: i64) -> String {
+        nimbus_sigv4::hex(&nimbus_sigv4::hmac(
             &self.link_key(),
             format!("GET\n{path}\n{expires}").as_bytes(),
-        ));
-        format!("X-Nimbus-Expires={expires}&X-Nimbus-Signature={sig}")
+        ))
     }
 
     fn presigned_ok(&self, path: &str, query: &str) -> bool {
@@ -123,9 +111,8 @@ impl AccessKeys {
         if chrono::Utc::now().timestamp() > expires {
             return false;
         }
-        let want = self.presign(path, expires);
-        let want_sig = want.rsplit('=').next().unwrap_or_default();
-        nimbus_sigv4::constant_time_eq(want_sig.as_bytes(), sig.as_bytes())
+        let want = self.link_signature(path, expires);
+        nimbus_sigv4::constant_time_eq(want.as_bytes(), sig.as_bytes())
     }
 }
 

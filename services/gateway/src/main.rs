@@ -55,24 +55,7 @@ async fn main() -> std::process::ExitCode {
 
 async fn main_exec() -> anyhow::Result<()> {
     let args = Args::parse();
-    let shutdown = nimbus_common::shutdown_signal()?;
-    let data_dir = std::path::absolute(&args.data_dir).context("data dir")?;
-    let store_url = args
-        .code_store
-        .clone()
-        .unwrap_or_else(|| format!("file://{}", data_dir.join("code-store").display()));
-    let code = nimbus_common::CodeStore::from_url(&store_url)?;
-    let subjects = args.nats.subjects()?;
-    let names = args.nats.names();
-    let nats = nimbus_common::connect(&args.nats, "nimbus-gateway").await?;
-    let listener = tokio::net::TcpListener::bind(&args.addr)
-        .await
-        .with_context(|| format!("binding {}", args.addr))?;
-    if let Some(path) = &args.addr_file {
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, listener.local_addr()?.to_string())?;
-        std::fs::rename(&tmp, path)?;
-    }
+    // Configuration errors before any connection is made.
     let access_keys = if args.auth == "off" {
         tracing::warn!("NIMBUS_AUTH=off: the Lambda and native APIs accept unsigned requests");
         None
@@ -91,6 +74,24 @@ async fn main_exec() -> anyhow::Result<()> {
         }
         Some(keys)
     };
+    let shutdown = nimbus_common::shutdown_signal()?;
+    let data_dir = std::path::absolute(&args.data_dir).context("data dir")?;
+    let store_url = args
+        .code_store
+        .clone()
+        .unwrap_or_else(|| format!("file://{}", data_dir.join("code-store").display()));
+    let code = nimbus_common::CodeStore::from_url(&store_url)?;
+    let subjects = args.nats.subjects()?;
+    let names = args.nats.names();
+    let nats = nimbus_common::connect(&args.nats, "nimbus-gateway").await?;
+    let listener = tokio::net::TcpListener::bind(&args.addr)
+        .await
+        .with_context(|| format!("binding {}", args.addr))?;
+    if let Some(path) = &args.addr_file {
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, listener.local_addr()?.to_string())?;
+        std::fs::rename(&tmp, path)?;
+    }
     let cfg = nimbus_gateway::GatewayConfig {
         access_keys,
         region: args.region,

@@ -70,8 +70,6 @@ struct Worker {
     code: CodeCache,
     pool: Pool,
     sandbox: Arc<dyn Sandbox>,
-    /// Each protection of the box, on or off (sent with every heartbeat).
-    sandbox_report: std::collections::BTreeMap<String, String>,
     runtimes: Runtimes,
     scratch: PathBuf,
     busy: AtomicU32,
@@ -122,7 +120,6 @@ pub async fn run(
         subjects,
         code,
         pool: Pool::default(),
-        sandbox_report: sandbox.report(),
         sandbox,
         scratch,
         busy: AtomicU32::new(0),
@@ -211,7 +208,7 @@ impl Worker {
             busy: self.busy.load(Ordering::SeqCst),
             draining: self.draining.load(Ordering::SeqCst),
             warm: self.pool.warm(),
-            sandbox: self.sandbox_report.clone(),
+            sandbox: self.sandbox.report(),
         };
         if let Err(e) = self
             .nats

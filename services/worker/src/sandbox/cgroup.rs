@@ -56,30 +56,28 @@ impl Cgroups {
                 let path = v1_own_path(&own, controller)?;
                 Some(root.join(path.trim_start_matches('/')).join(&name))
             };
-            let memory = at("memory")
-                .or_else(|| Some(memory_root.join(&name)))
-                .expect("memory root");
+            let memory = at("memory").unwrap_or_else(|| memory_root.join(&name));
             let pids = at("pids").ok_or("cgroup v1 has no pids hierarchy")?;
             let freezer = at("freezer");
             let cpu = at("cpu");
-            for dir in [Some(&memory), Some(&pids), freezer.as_ref(), cpu.as_ref()]
-                .into_iter()
-                .flatten()
-            {
-                remove_tree(dir);
-                std::fs::create_dir_all(dir)
-                    .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-            }
-            // Children must account to the parent for limits to nest.
-            let _ = std::fs::write(memory.join("memory.use_hierarchy"), "1");
-            return Ok(Self {
+            let cgroups = Self {
                 mode: Mode::V1 {
                     memory,
                     pids,
                     freezer,
                     cpu,
                 },
-            });
+            };
+            for dir in cgroups.parents() {
+                remove_tree(dir);
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            }
+            // Children must account to the parent for limits to nest.
+            if let Mode::V1 { memory, .. } = &cgroups.mode {
+                let _ = std::fs::write(memory.join("memory.use_hierarchy"), "1");
+            }
+            return Ok(cgroups);
         }
         let root = v2_mount(&mounts).ok_or("no cgroup filesystem is mounted")?;
         let own_path = own
@@ -327,21 +325,24 @@ impl InstanceCgroup {
 impl Cgroups {
     /// Removes this worker's parent cgroups (at exit; they must be empty).
     pub fn remove(&self) {
+        for d in self.parents() {
+            remove_tree(d);
+        }
+    }
+
+    /// This worker's parent cgroup in every hierarchy it uses.
+    fn parents(&self) -> Vec<&PathBuf> {
         match &self.mode {
-            Mode::V2 { parent } => remove_tree(parent),
+            Mode::V2 { parent } => vec![parent],
             Mode::V1 {
                 memory,
                 pids,
                 freezer,
                 cpu,
-            } => {
-                for d in [Some(memory), Some(pids), freezer.as_ref(), cpu.as_ref()]
-                    .into_iter()
-                    .flatten()
-                {
-                    remove_tree(d);
-                }
-            }
+            } => [Some(memory), Some(pids), freezer.as_ref(), cpu.as_ref()]
+                .into_iter()
+                .flatten()
+                .collect(),
         }
     }
 }

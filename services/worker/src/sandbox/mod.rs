@@ -55,18 +55,6 @@ pub struct SandboxConfig {
     pub enabled: bool,
 }
 
-impl Default for SandboxConfig {
-    fn default() -> Self {
-        Self {
-            uid_base: 1_000_000,
-            uid_count: 1_000_000,
-            tmp_mb: 512,
-            pids_max: 1024,
-            enabled: true,
-        }
-    }
-}
-
 /// What to start. Paths are host paths; [`Sandbox::paths`] says where they appear
 /// inside the box.
 #[derive(Debug, Clone)]
@@ -124,11 +112,15 @@ impl SandboxHandle {
     /// Kills every process the instance started (its group; with a cgroup, also
     /// `setsid` daemons and double forks).
     pub fn kill(&self) {
-        if self.pid > 1 {
-            let _ = killpg(Pid::from_raw(self.pid as i32), Signal::SIGKILL);
-        }
+        self.kill_group();
         if let Some(cg) = &self.cgroup {
             cg.kill_all();
+        }
+    }
+
+    fn kill_group(&self) {
+        if self.pid > 1 {
+            let _ = killpg(Pid::from_raw(self.pid as i32), Signal::SIGKILL);
         }
     }
 
@@ -149,9 +141,8 @@ impl SandboxHandle {
 
 impl Drop for SandboxHandle {
     fn drop(&mut self) {
-        if self.pid > 1 {
-            let _ = killpg(Pid::from_raw(self.pid as i32), Signal::SIGKILL);
-        }
+        // `destroy` kills what is in the cgroup.
+        self.kill_group();
         if let Some(cg) = self.cgroup.take() {
             cg.destroy();
         }
@@ -314,6 +305,17 @@ struct MountPlan {
     runtime: CString,
 }
 
+impl MountPlan {
+    fn new(tmp_mb: u32, code: CString, runtime: CString) -> Self {
+        Self {
+            tmp_data: CString::new(format!("size={tmp_mb}m,mode=1777")).expect("no NUL"),
+            shm: Path::new("/dev/shm").is_dir(),
+            code,
+            runtime,
+        }
+    }
+}
+
 impl Sandbox for ProcessSandbox {
     fn paths(&self, code_dir: &Path, runtime_dir: &Path, tmp_dir: &Path) -> BoxPaths {
         if self.mount_ns {
@@ -387,13 +389,11 @@ impl Sandbox for ProcessSandbox {
         };
         let join_fds: Vec<i32> = join.iter().map(AsRawFd::as_raw_fd).collect();
         let plan = if self.mount_ns {
-            Some(MountPlan {
-                tmp_data: CString::new(format!("size={}m,mode=1777", self.cfg.tmp_mb))
-                    .expect("no NUL"),
-                shm: Path::new("/dev/shm").is_dir(),
-                code: cstring(&spec.code_dir)?,
-                runtime: cstring(&spec.runtime_dir)?,
-            })
+            Some(MountPlan::new(
+                self.cfg.tmp_mb,
+                cstring(&spec.code_dir)?,
+                cstring(&spec.runtime_dir)?,
+            ))
         } else {
             None
         };
@@ -526,12 +526,7 @@ fn probe_mount_namespace(tmp_mb: u32) -> Result<(), String> {
         std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {dir}: {e}"))?;
     }
     let exe = std::env::current_exe().map_err(|e| format!("no current exe: {e}"))?;
-    let plan = MountPlan {
-        tmp_data: CString::new(format!("size={tmp_mb}m,mode=1777")).expect("no NUL"),
-        shm: Path::new("/dev/shm").is_dir(),
-        code: c"/".into(),
-        runtime: c"/".into(),
-    };
+    let plan = MountPlan::new(tmp_mb, c"/".into(), c"/".into());
     let mut cmd = std::process::Command::new(exe);
     cmd.arg("--version")
         .stdin(Stdio::null())
