@@ -295,3 +295,33 @@ async fn setsid_and_double_forked_daemons_die_with_the_timeout() {
     }
     cluster.stop();
 }
+
+/// The start-up probe works wherever the worker binary lies — under `/tmp` too, which
+/// the probe's own private `/tmp` hides (it once failed there, turning the box off).
+#[tokio::test]
+async fn a_worker_binary_under_tmp_still_gets_its_mounts() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir_in("/tmp").unwrap();
+    let exe = dir.path().join("nimbus-worker");
+    std::fs::copy(bin("nimbus-worker"), &exe).unwrap();
+    let mut cmd = std::process::Command::new(&exe);
+    cmd.env("RUST_LOG", "info")
+        .env("NIMBUS_DATA_DIR", dir.path().join("data"))
+        // Nothing listens there: the probe runs before the bus is needed.
+        .env("NIMBUS_NATS_URL", "nats://127.0.0.1:1");
+    let mut worker = Proc::spawn_for_test("worker-in-tmp", cmd, dir.path());
+    let state = eventually(
+        Duration::from_secs(20),
+        "the mount probe's verdict",
+        || async {
+            worker
+                .log_text()
+                .lines()
+                .find(|l| l.contains("protection=mount_namespace"))
+                .map(str::to_string)
+        },
+    )
+    .await;
+    worker.kill();
+    assert!(state.contains("state=on"), "{state}");
+}

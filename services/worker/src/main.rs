@@ -112,12 +112,19 @@ async fn main_exec() -> anyhow::Result<()> {
         None => resolve_python().context("no python3 interpreter found; set NIMBUS_PYTHON")?,
     };
     let nats = nimbus_common::connect(&args.nats, &format!("nimbus-worker {worker_id}")).await?;
+    let node = args.node.or_else(|| resolve_binary("node"));
+    for runtime in std::iter::once(&python).chain(node.as_ref()) {
+        if let Some(why) = nimbus_worker::sandbox::hidden_by_private_tmp(&sandbox.report(), runtime)
+        {
+            tracing::warn!("{why}");
+        }
+    }
     let cfg = nimbus_worker::WorkerConfig {
         worker_id,
         slots: args.slots,
         data_dir,
         python,
-        node: args.node.or_else(|| resolve_binary("node")),
+        node,
         keep_alive: Duration::from_secs(args.keep_alive_secs),
         region: args.region,
         drain_timeout: Duration::from_secs(args.drain_timeout_secs),

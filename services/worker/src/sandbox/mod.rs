@@ -525,9 +525,10 @@ fn probe_mount_namespace(tmp_mb: u32) -> Result<(), String> {
     for dir in [BOX_TASK_ROOT, BOX_RUNTIME_DIR] {
         std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {dir}: {e}"))?;
     }
-    let exe = std::env::current_exe().map_err(|e| format!("no current exe: {e}"))?;
     let plan = MountPlan::new(tmp_mb, c"/".into(), c"/".into());
-    let mut cmd = std::process::Command::new(exe);
+    // Ourselves through the magic link: the binary's own path may lie under /tmp,
+    // which the probe's tmpfs hides.
+    let mut cmd = std::process::Command::new("/proc/self/exe");
     cmd.arg("--version")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -542,6 +543,20 @@ fn probe_mount_namespace(tmp_mb: u32) -> Result<(), String> {
         Ok(s) => Err(format!("a probe child with its own mounts failed ({s})")),
         Err(e) => Err(format!("cannot unshare mounts or mount tmpfs: {e}")),
     }
+}
+
+/// A runtime binary under `/tmp` cannot start in a box with its own `/tmp`: why, if
+/// `program` is one.
+pub fn hidden_by_private_tmp(report: &BTreeMap<String, String>, program: &Path) -> Option<String> {
+    let boxed = report
+        .get("mount_namespace")
+        .is_some_and(|s| s.starts_with("on"));
+    (boxed && program.starts_with("/tmp")).then(|| {
+        format!(
+            "{} lies under /tmp, which each instance's private /tmp hides: install it elsewhere",
+            program.display()
+        )
+    })
 }
 
 /// Every directory from `/` to `dir` must be searchable by other users for a
@@ -581,6 +596,16 @@ pub fn peak_rss_mb(pid: u32) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn runtimes_under_tmp_are_named_only_when_tmp_is_private() {
+        let on = BTreeMap::from([("mount_namespace".to_string(), "on: …".to_string())]);
+        let off = BTreeMap::from([("mount_namespace".to_string(), "off: x".to_string())]);
+        let node = Path::new("/tmp/x/.venv/bin/node");
+        assert!(hidden_by_private_tmp(&on, node).is_some());
+        assert!(hidden_by_private_tmp(&off, node).is_none());
+        assert!(hidden_by_private_tmp(&on, Path::new("/usr/bin/node")).is_none());
+    }
 
     #[test]
     fn functions_get_distinct_stable_uids() {
