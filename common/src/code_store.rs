@@ -39,6 +39,24 @@ pub struct CodeStore {
 }
 
 impl CodeStore {
+    /// Checks `url` as [`CodeStore::from_url`] would, without creating anything.
+    pub fn check_url(url: &str) -> Result<(), CodeStoreError> {
+        let bad = |reason: &str| CodeStoreError::BadUrl {
+            url: url.into(),
+            reason: reason.into(),
+        };
+        let parsed = url::Url::parse(url).map_err(|e| bad(&e.to_string()))?;
+        match parsed.scheme() {
+            "file" => parsed
+                .to_file_path()
+                .map(|_| ())
+                .map_err(|_| bad("not an absolute file path")),
+            "s3" if parsed.host_str().unwrap_or_default().is_empty() => Err(bad("no bucket")),
+            "s3" => Ok(()),
+            other => Err(CodeStoreError::UnsupportedScheme(other.into())),
+        }
+    }
+
     pub fn from_url(url: &str) -> Result<Self, CodeStoreError> {
         let parsed = url::Url::parse(url).map_err(|e| CodeStoreError::BadUrl {
             url: url.into(),

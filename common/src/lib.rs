@@ -6,6 +6,7 @@
 //!   the NATS connection, the code-store URL, shared command-line groups.
 
 pub mod code_store;
+pub mod config;
 pub mod kv_cache;
 pub mod metrics_http;
 pub mod nats;

@@ -39,6 +39,9 @@ pub struct NatsArgs {
         hide_env_values = true
     )]
     pub password: Option<String>,
+    /// A file holding the NATS password (instead of `NIMBUS_NATS_PASSWORD`).
+    #[arg(long = "nats-password-file", env = "NIMBUS_NATS_PASSWORD_FILE")]
+    pub password_file: Option<std::path::PathBuf>,
 }
 
 impl NatsArgs {
@@ -59,8 +62,15 @@ impl NatsArgs {
 pub async fn connect(args: &NatsArgs, name: &str) -> anyhow::Result<async_nats::Client> {
     let mut options = async_nats::ConnectOptions::new();
     if let Some(user) = &args.user {
-        options =
-            options.user_and_password(user.clone(), args.password.clone().unwrap_or_default());
+        let password = match (&args.password, &args.password_file) {
+            (Some(p), _) => p.clone(),
+            (None, Some(file)) => std::fs::read_to_string(file)
+                .with_context(|| format!("reading the NATS password from {}", file.display()))?
+                .trim()
+                .to_string(),
+            (None, None) => String::new(),
+        };
+        options = options.user_and_password(user.clone(), password);
     }
     let client = options
         .name(name)

@@ -88,6 +88,16 @@ impl Subjects {
     /// but [`Subjects::internal`] and `$JS`/`$KV`/`$O`/`$SYS`/inboxes, and subscribe to
     /// nothing; no one else connects. Passwords go in as they are (no quotes in them).
     pub fn nats_authorization(&self, service_password: &str, publisher_password: &str) -> String {
+        self.nats_authorization_values(
+            &format!("\"{service_password}\""),
+            &format!("\"{publisher_password}\""),
+        )
+    }
+
+    /// [`Subjects::nats_authorization`] with the password values written verbatim
+    /// into the config: `$NAME` makes nats-server read an environment variable
+    /// (how the Kubernetes manifests pass their Secret).
+    pub fn nats_authorization_values(&self, service: &str, publisher: &str) -> String {
         let deny: Vec<String> = self
             .internal()
             .into_iter()
@@ -95,7 +105,7 @@ impl Subjects {
             .map(|s| format!("\"{s}\""))
             .collect();
         format!(
-            "authorization {{\n  users = [\n    {{ user: \"{NATS_SERVICE_USER}\", password: \"{service_password}\" }}\n    {{ user: \"{NATS_PUBLISHER_USER}\", password: \"{publisher_password}\", permissions: {{ publish: {{ allow: [\">\"], deny: [{}] }}, subscribe: {{ deny: [\">\"] }} }} }}\n  ]\n}}\n",
+            "authorization {{\n  users = [\n    {{ user: \"{NATS_SERVICE_USER}\", password: {service} }}\n    {{ user: \"{NATS_PUBLISHER_USER}\", password: {publisher}, permissions: {{ publish: {{ allow: [\">\"], deny: [{}] }}, subscribe: {{ deny: [\">\"] }} }} }}\n  ]\n}}\n",
             deny.join(", ")
         )
     }

@@ -433,6 +433,14 @@ pub fn generate() -> std::io::Result<Credentials> {
 
 /// The profiles of an AWS shared-credentials file that carry both
 /// `aws_access_key_id` and `aws_secret_access_key`, in file order.
+/// `c` as an AWS shared-credentials file (profile `default`), under a comment line.
+pub fn credentials_file(c: &Credentials, comment: &str) -> String {
+    format!(
+        "# {comment}\n[default]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
+        c.access_key_id, c.secret_access_key
+    )
+}
+
 pub fn credentials_profiles(text: &str) -> Vec<(String, Credentials)> {
     let mut out = Vec::new();
     let mut profile = String::new();

@@ -31,6 +31,10 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
+    /// Write a cluster's bus secrets into DIR, keeping any already there: random
+    /// passwords for the services' and the publishers' NATS users and the
+    /// nats-server `authorization` block using them (the compose file's first step).
+    InitSecrets { dir: PathBuf },
     /// Run a local cluster: nats-server, gateway, scheduler and workers.
     Up {
         /// State: NATS JetStream, the code store, worker caches.
@@ -344,6 +348,7 @@ async fn main() -> std::process::ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<bool> {
     let client = client::Client::new(&cli.endpoint)?;
     match cli.command {
+        Cmd::InitSecrets { dir } => up::init_secrets(&dir)?,
         Cmd::Up {
             data_dir,
             gateway_addr,

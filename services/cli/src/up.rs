@@ -91,6 +91,40 @@ fn random_token() -> anyhow::Result<String> {
         .to_lowercase())
 }
 
+/// The files [`init_secrets`] writes.
+pub const SERVICE_PASSWORD_FILE: &str = "nats-service-password";
+pub const PUBLISHER_PASSWORD_FILE: &str = "nats-publisher-password";
+pub const NATS_AUTH_FILE: &str = "nats-auth.conf";
+
+/// `nimbus init-secrets DIR`: passwords kept once made; the authorization block
+/// rewritten every time, so an upgrade brings the current deny list.
+pub fn init_secrets(dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let get = |name: &str| -> anyhow::Result<String> {
+        let path = dir.join(name);
+        if let Ok(text) = std::fs::read_to_string(&path)
+            && !text.trim().is_empty()
+        {
+            return Ok(text.trim().to_string());
+        }
+        let token = random_token()?;
+        write_private(&path, &token)?;
+        println!("created {}", path.display());
+        Ok(token)
+    };
+    let service = get(SERVICE_PASSWORD_FILE)?;
+    let publisher = get(PUBLISHER_PASSWORD_FILE)?;
+    write_private(
+        &dir.join(NATS_AUTH_FILE),
+        &format!(
+            "# written by nimbus init-secrets\n{}",
+            nimbus_proto::Subjects::new("nimbus")?.nats_authorization(&service, &publisher)
+        ),
+    )?;
+    println!("bus secrets ready in {}", dir.display());
+    Ok(())
+}
+
 fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
@@ -146,9 +180,9 @@ fn ensure_credentials(
     };
     write_private(
         &path,
-        &format!(
-            "# written by nimbus up: the keys this cluster's gateway accepts\n[default]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
-            creds.access_key_id, creds.secret_access_key
+        &nimbus_sigv4::credentials_file(
+            &creds,
+            "written by nimbus up: the keys this cluster's gateway accepts",
         ),
     )?;
     Ok(creds)

@@ -55,6 +55,58 @@ impl AccessKeys {
         Ok(Self(keys))
     }
 
+    /// Loads `path`, first writing a new key pair there if it does not exist (a
+    /// compose or Kubernetes gateway's first start). The file is made 0600 and given
+    /// to the owner of its directory: on a bind mount that is the user whose CLI
+    /// will read it. Two gateways starting together: one creates, the other loads.
+    pub fn load_or_create(path: &Path) -> anyhow::Result<Self> {
+        use std::io::Write;
+        use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let created = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path);
+        match created {
+            Ok(mut f) => {
+                let creds = nimbus_sigv4::generate().context("generating an access key")?;
+                f.write_all(
+                    nimbus_sigv4::credentials_file(
+                        &creds,
+                        "written by nimbus-gateway on first start: the keys this cluster accepts",
+                    )
+                    .as_bytes(),
+                )
+                .and_then(|()| f.sync_all())
+                .with_context(|| format!("writing {}", path.display()))?;
+                if let Ok(meta) = std::fs::metadata(dir) {
+                    let _ = std::os::unix::fs::chown(path, Some(meta.uid()), Some(meta.gid()));
+                }
+                tracing::info!(
+                    access_key_id = %creds.access_key_id,
+                    file = %path.display(),
+                    "created an access key"
+                );
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => {
+                return Err(e).with_context(|| format!("creating {}", path.display()));
+            }
+        }
+        // A concurrent creator may not have written yet.
+        for _ in 0..50 {
+            if std::fs::metadata(path)
+                .map(|m| m.len() > 0)
+                .unwrap_or(false)
+            {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        Self::load_file(path)
+    }
+
     pub fn extend(&mut self, other: AccessKeys) {
         self.0.extend(other.0);
     }

@@ -39,6 +39,13 @@ struct Args {
     /// An AWS shared-credentials file of access keys (what `nimbus up` writes).
     #[arg(long, env = "NIMBUS_ACCESS_KEYS_FILE")]
     access_keys_file: Option<PathBuf>,
+    /// Create NIMBUS_ACCESS_KEYS_FILE with a new key pair when it does not exist.
+    #[arg(long, env = "NIMBUS_ACCESS_KEYS_CREATE", default_value_t = false)]
+    access_keys_create: bool,
+    /// Check the configuration (every `NIMBUS_*` variable must be one this
+    /// service reads) and exit.
+    #[arg(long)]
+    check_config: bool,
 }
 
 #[tokio::main]
@@ -55,6 +62,12 @@ async fn main() -> std::process::ExitCode {
 
 async fn main_exec() -> anyhow::Result<()> {
     let args = Args::parse();
+    let cmd = <Args as clap::CommandFactory>::command();
+    if args.check_config {
+        nimbus_common::config::check_env(&cmd)?;
+    } else {
+        nimbus_common::config::warn_unknown_env(&cmd);
+    }
     // Configuration errors before any connection is made.
     let access_keys = if args.auth == "off" {
         tracing::warn!("NIMBUS_AUTH=off: the Lambda and native APIs accept unsigned requests");
@@ -64,8 +77,19 @@ async fn main_exec() -> anyhow::Result<()> {
         if let Some(list) = &args.access_keys {
             keys.extend(nimbus_gateway::auth::AccessKeys::parse_list(list)?);
         }
-        if let Some(file) = &args.access_keys_file {
-            keys.extend(nimbus_gateway::auth::AccessKeys::load_file(file)?);
+        match &args.access_keys_file {
+            // Checking must not write: a missing file is fine when it would be made.
+            Some(file) if args.check_config && args.access_keys_create && !file.exists() => {
+                keys.extend(nimbus_gateway::auth::AccessKeys::parse_list("check:check")?)
+            }
+            Some(file) if args.access_keys_create => {
+                keys.extend(nimbus_gateway::auth::AccessKeys::load_or_create(file)?)
+            }
+            Some(file) => keys.extend(nimbus_gateway::auth::AccessKeys::load_file(file)?),
+            None if args.access_keys_create => {
+                anyhow::bail!("NIMBUS_ACCESS_KEYS_CREATE needs NIMBUS_ACCESS_KEYS_FILE")
+            }
+            None => {}
         }
         if keys.is_empty() {
             anyhow::bail!(
@@ -80,8 +104,13 @@ async fn main_exec() -> anyhow::Result<()> {
         .code_store
         .clone()
         .unwrap_or_else(|| format!("file://{}", data_dir.join("code-store").display()));
-    let code = nimbus_common::CodeStore::from_url(&store_url)?;
     let subjects = args.nats.subjects()?;
+    if args.check_config {
+        nimbus_common::CodeStore::check_url(&store_url)?;
+        println!("nimbus-gateway: configuration OK");
+        return Ok(());
+    }
+    let code = nimbus_common::CodeStore::from_url(&store_url)?;
     let names = args.nats.names();
     let nats = nimbus_common::connect(&args.nats, "nimbus-gateway").await?;
     let listener = tokio::net::TcpListener::bind(&args.addr)

@@ -32,6 +32,10 @@ struct Args {
     /// Region reported in ARNs.
     #[arg(long, env = "NIMBUS_REGION", default_value = "us-east-1")]
     region: String,
+    /// Check the configuration (every `NIMBUS_*` variable must be one this
+    /// service reads) and exit.
+    #[arg(long)]
+    check_config: bool,
 }
 
 #[tokio::main]
@@ -48,6 +52,14 @@ async fn main() -> std::process::ExitCode {
 
 async fn main_exec() -> anyhow::Result<()> {
     let args = Args::parse();
+    let cmd = <Args as clap::CommandFactory>::command();
+    if args.check_config {
+        nimbus_common::config::check_env(&cmd)?;
+        args.nats.subjects()?;
+        println!("nimbus-scheduler: configuration OK");
+        return Ok(());
+    }
+    nimbus_common::config::warn_unknown_env(&cmd);
     let shutdown = nimbus_common::shutdown_signal()?;
     if let Some(addr) = &args.metrics_addr {
         nimbus_common::metrics_http::serve(

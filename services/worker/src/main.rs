@@ -57,6 +57,10 @@ struct Args {
     /// Region reported to functions (`AWS_REGION`).
     #[arg(long, env = "NIMBUS_REGION", default_value = "us-east-1")]
     region: String,
+    /// Check the configuration (every `NIMBUS_*` variable must be one this
+    /// service reads) and exit.
+    #[arg(long)]
+    check_config: bool,
 }
 
 #[tokio::main]
@@ -73,10 +77,12 @@ async fn main() -> std::process::ExitCode {
 
 async fn main_exec() -> anyhow::Result<()> {
     let args = Args::parse();
-    let shutdown = nimbus_common::shutdown_signal()?;
-    let data_dir = std::path::absolute(&args.data_dir).context("data dir")?;
-    std::fs::create_dir_all(&data_dir)
-        .with_context(|| format!("creating data dir {}", data_dir.display()))?;
+    let cmd = <Args as clap::CommandFactory>::command();
+    if args.check_config {
+        nimbus_common::config::check_env(&cmd)?;
+    } else {
+        nimbus_common::config::warn_unknown_env(&cmd);
+    }
     let worker_id = match args.worker_id {
         Some(id) => id,
         None => format!("w-{}", uuid::Uuid::new_v4().simple()),
@@ -86,6 +92,17 @@ async fn main_exec() -> anyhow::Result<()> {
     subjects
         .worker_invoke(&worker_id)
         .with_context(|| format!("bad worker id {worker_id:?}"))?;
+    if args.check_config {
+        if let Some(url) = &args.code_store {
+            nimbus_common::CodeStore::check_url(url)?;
+        }
+        println!("nimbus-worker: configuration OK");
+        return Ok(());
+    }
+    let shutdown = nimbus_common::shutdown_signal()?;
+    let data_dir = std::path::absolute(&args.data_dir).context("data dir")?;
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("creating data dir {}", data_dir.display()))?;
     let sandbox = nimbus_worker::sandbox::ProcessSandbox::detect(
         nimbus_worker::sandbox::SandboxConfig {
             uid_base: args.sandbox_uid_base,
