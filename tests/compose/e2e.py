@@ -196,7 +196,7 @@ def main():
         return sorted(w["id"] for w in workers) == ["worker-1", "worker-2"]
 
     wait_for("both workers in the cluster call", both_workers, 30)
-    want_on = ["uid", "mount_namespace"] + (["cgroup"] if CGROUP_V1 else [])
+    want_on = ["uid", "mount_namespace", "pid_namespace"] + (["cgroup"] if CGROUP_V1 else [])
     for w in workers:
         off = [p for p in want_on if not w["sandbox"].get(p, "").startswith("on")]
         if off:

@@ -40,7 +40,7 @@ async fn require_box(cluster: &Cluster) {
     )
     .await;
     let sandbox = &doc["workers"][0]["sandbox"];
-    for p in ["uid", "cgroup", "mount_namespace"] {
+    for p in ["uid", "cgroup", "mount_namespace", "pid_namespace"] {
         let state = sandbox[p].as_str().unwrap_or("missing");
         assert!(
             state.starts_with("on"),
@@ -141,6 +141,11 @@ async fn functions_cannot_see_each_other_or_the_worker() {
     assert_ne!(pu, ku, "two functions share a uid");
     assert_eq!(prober["gid"], prober["uid"]);
     assert_eq!(prober["groups"], json!([]), "{prober}");
+    // Its own pid namespace: the runtime is pid 2 under the box's init, and no
+    // other process (the worker, the warm keeper) is there to see.
+    assert_eq!(prober["pid"], 2, "{prober}");
+    assert_eq!(prober["ppid"], 1, "{prober}");
+    assert_eq!(prober["pids"], json!([1, 2]), "{prober}");
     // The code is read-only, where Lambda puts it.
     assert_eq!(prober["task_root"], "/var/task");
     let code_write = prober["code_write"].as_str().unwrap();
@@ -266,30 +271,25 @@ async fn setsid_and_double_forked_daemons_die_with_the_timeout() {
         let url = cluster.url("/2015-03-31/functions/daemons/invocations");
         tokio::spawn(async move { http.post(url).body("{}").send().await.unwrap().text().await })
     };
-    let pids: Vec<u64> = eventually(Duration::from_secs(20), "daemon pids", || async {
-        let doc: Value = serde_json::from_str(&std::fs::read_to_string(&mark).ok()?).ok()?;
-        Some(
-            doc["pids"]
-                .as_array()?
-                .iter()
-                .filter_map(Value::as_u64)
-                .collect(),
-        )
+    // The pids the function sees are its namespace's; the host knows the
+    // processes by the function's uid.
+    let doc: Value = eventually(Duration::from_secs(20), "daemon pids", || async {
+        serde_json::from_str(&std::fs::read_to_string(&mark).ok()?).ok()
     })
     .await;
-    assert_eq!(pids.len(), 2);
-    let alive = |pid: u64| {
-        std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .is_ok_and(|s| !s.contains("State:\tZ"))
-    };
-    assert!(pids.iter().all(|p| alive(*p)), "daemons running: {pids:?}");
+    assert_eq!(doc["pids"].as_array().map(Vec::len), Some(2), "{doc}");
+    let uid = doc["uid"].as_u64().unwrap();
+    let running = processes_of(uid);
+    // The runtime, the setsid daemon and the double-forked grandchild at least.
+    assert!(running.len() >= 3, "daemons running: {running:?}");
     let body = invoke.await.unwrap().unwrap();
     assert!(body.contains("Task timed out"), "{body}");
     let ended = Instant::now();
-    while pids.iter().any(|p| alive(*p)) {
+    while !processes_of(uid).is_empty() {
         assert!(
             ended.elapsed() < Duration::from_secs(2),
-            "daemons {pids:?} outlived the timeout by 2 s"
+            "processes {:?} of uid {uid} outlived the timeout by 2 s",
+            processes_of(uid)
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -310,18 +310,17 @@ async fn a_worker_binary_under_tmp_still_gets_its_mounts() {
         // Nothing listens there: the probe runs before the bus is needed.
         .env("NIMBUS_NATS_URL", "nats://127.0.0.1:1");
     let mut worker = Proc::spawn_for_test("worker-in-tmp", cmd, dir.path());
-    let state = eventually(
-        Duration::from_secs(20),
-        "the mount probe's verdict",
-        || async {
+    for protection in ["mount_namespace", "pid_namespace"] {
+        let needle = format!("protection={protection}");
+        let state = eventually(Duration::from_secs(20), "the probe's verdict", || async {
             worker
                 .log_text()
                 .lines()
-                .find(|l| l.contains("protection=mount_namespace"))
+                .find(|l| l.contains(&needle))
                 .map(str::to_string)
-        },
-    )
-    .await;
+        })
+        .await;
+        assert!(state.contains("state=on"), "{state}");
+    }
     worker.kill();
-    assert!(state.contains("state=on"), "{state}");
 }

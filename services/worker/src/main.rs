@@ -63,8 +63,27 @@ struct Args {
     check_config: bool,
 }
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
+    // The box's init is this binary too; it must run before any thread exists.
+    if std::env::args_os().nth(1).as_deref()
+        == Some(std::ffi::OsStr::new(nimbus_worker::sandbox::init::INIT_ARG))
+    {
+        let args: Vec<String> = std::env::args().skip(2).collect();
+        nimbus_worker::sandbox::init::run(&args);
+    }
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt.block_on(async_main()),
+        Err(e) => {
+            eprintln!("nimbus-worker: cannot start the async runtime: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn async_main() -> std::process::ExitCode {
     nimbus_common::telemetry::init();
     match main_exec().await {
         Ok(()) => std::process::ExitCode::SUCCESS,

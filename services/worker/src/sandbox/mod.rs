@@ -14,11 +14,15 @@
 //! - always: a process group, a scrubbed environment, rlimits (open files, a generous
 //!   address-space backstop, no core dumps) and death with the worker (`PDEATHSIG`).
 //!
+//! - **pid namespace** (with the mount namespace): the runtime runs as pid 2 under a
+//!   tiny init ([`init`]) with its own `/proc`; it sees only its own processes, and
+//!   all of them end when it does.
+//!
 //! Not boxed: the network (functions reach the Runtime API on loopback, so they share
-//! the worker's network namespace; the bus is closed to them by NATS credentials) and
-//! the pid namespace (other uids' `/proc/<pid>/environ` and memory are unreadable).
+//! the worker's network namespace; the bus is closed to them by NATS credentials).
 
 pub mod cgroup;
+pub mod init;
 
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::CString;
@@ -104,7 +108,10 @@ pub struct Sandboxed {
 /// What the instance keeps of its box: kill, memory figures. Dropping the last
 /// handle kills everything the instance started and removes its cgroup.
 pub struct SandboxHandle {
+    /// The process the worker started: the runtime, or the box's outer init.
     pub pid: u32,
+    /// The runtime is the init's grandchild (pid 2 of its namespace).
+    pid_ns: bool,
     cgroup: Option<InstanceCgroup>,
 }
 
@@ -129,6 +136,9 @@ impl SandboxHandle {
     pub fn peak_memory_mb(&self) -> u64 {
         match &self.cgroup {
             Some(cg) => cg.peak_memory_mb(),
+            None if self.pid_ns => first_child(self.pid)
+                .and_then(first_child)
+                .map_or(0, peak_rss_mb),
             None => peak_rss_mb(self.pid),
         }
     }
@@ -199,6 +209,8 @@ pub struct ProcessSandbox {
     uids: Option<Mutex<UidTable>>,
     cgroups: Option<Cgroups>,
     mount_ns: bool,
+    /// Each instance in its own pid namespace under [`init`] (needs `mount_ns`).
+    pid_ns: bool,
     report: BTreeMap<String, String>,
 }
 
@@ -230,6 +242,10 @@ impl ProcessSandbox {
                 searchable_by_others(data_dir).map_err(|e| off(&e))
             };
             (uid_ok, cgroups, mount_ns)
+        };
+        let pid_ns = match &mount_ns {
+            Ok(()) => probe_pid_namespace(cfg.tmp_mb).map_err(|e| off(&e)),
+            Err(_) => Err(off("needs the mount namespace (for its own /proc)")),
         };
         report.insert(
             "uid".to_string(),
@@ -264,7 +280,12 @@ impl ProcessSandbox {
         );
         report.insert(
             "pid_namespace".to_string(),
-            "off: not used; other functions' /proc entries are closed by their uids".to_string(),
+            match &pid_ns {
+                Ok(()) => {
+                    "on: an instance sees only its own processes; they all end with it".to_string()
+                }
+                Err(e) => e.clone(),
+            },
         );
         report.insert(
             "network_namespace".to_string(),
@@ -272,7 +293,7 @@ impl ProcessSandbox {
                 .to_string(),
         );
         for (name, state) in &report {
-            let by_design = name == "pid_namespace" || name == "network_namespace";
+            let by_design = name == "network_namespace";
             if state.starts_with("off") && !by_design {
                 tracing::warn!(protection = %name, %state, "sandbox protection is off");
             } else {
@@ -290,6 +311,7 @@ impl ProcessSandbox {
             }),
             cgroups: cgroups.ok(),
             mount_ns: mount_ns.is_ok(),
+            pid_ns: pid_ns.is_ok(),
             cfg,
             report,
         }
@@ -401,9 +423,24 @@ impl Sandbox for ProcessSandbox {
         let nproc_backstop = uid.is_some() && cgroup.is_none();
 
         let stderr = output.try_clone().map_err(err)?;
-        let mut cmd = tokio::process::Command::new(&spec.program);
-        cmd.args(&spec.args)
-            .env_clear()
+        let pid_ns = self.pid_ns;
+        let mut cmd = if pid_ns {
+            // The box's init (this binary) starts the runtime as pid 2 of the
+            // instance's pid namespace, under the function's uid.
+            let mut cmd = tokio::process::Command::new("/proc/self/exe");
+            cmd.arg(init::INIT_ARG)
+                .arg(uid.map_or("-".to_string(), |u| u.to_string()))
+                .arg(&spec.program)
+                .args(&spec.args);
+            cmd
+        } else {
+            let mut cmd = tokio::process::Command::new(&spec.program);
+            cmd.args(&spec.args);
+            cmd
+        };
+        // The init drops to the uid itself (it needs root to mount /proc).
+        let uid_here = if pid_ns { None } else { uid };
+        cmd.env_clear()
             .envs(&spec.env)
             .stdin(Stdio::null())
             .stdout(Stdio::from(output))
@@ -431,10 +468,13 @@ impl Sandbox for ProcessSandbox {
                 if let Some(p) = &plan {
                     enter_mounts(p)?;
                 }
+                if pid_ns {
+                    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWPID)?;
+                }
                 setrlimit(Resource::RLIMIT_NOFILE, 1024, 1024)?;
                 setrlimit(Resource::RLIMIT_AS, as_limit, as_limit)?;
                 setrlimit(Resource::RLIMIT_CORE, 0, 0)?;
-                if let Some(uid) = uid {
+                if let Some(uid) = uid_here {
                     if nproc_backstop {
                         setrlimit(Resource::RLIMIT_NPROC, pids_max, pids_max)?;
                     }
@@ -454,7 +494,11 @@ impl Sandbox for ProcessSandbox {
         let pid = child.id().unwrap_or_default();
         Ok(Sandboxed {
             child,
-            handle: std::sync::Arc::new(SandboxHandle { pid, cgroup }),
+            handle: std::sync::Arc::new(SandboxHandle {
+                pid,
+                pid_ns,
+                cgroup,
+            }),
         })
     }
 }
@@ -545,6 +589,35 @@ fn probe_mount_namespace(tmp_mb: u32) -> Result<(), String> {
     }
 }
 
+/// Can instances get a pid namespace of their own? Runs the real init (with
+/// throwaway mounts) around `nimbus-worker --version` once at start.
+fn probe_pid_namespace(tmp_mb: u32) -> Result<(), String> {
+    let plan = MountPlan::new(tmp_mb, c"/".into(), c"/".into());
+    let mut cmd = std::process::Command::new("/proc/self/exe");
+    cmd.args([init::INIT_ARG, "-", "/proc/self/exe", "--version"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    use std::os::unix::process::CommandExt;
+    // SAFETY: as in `spawn`: system calls only on data prepared before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            enter_mounts(&plan)?;
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWPID)?;
+            Ok(())
+        });
+    }
+    match cmd.output() {
+        Ok(o) if o.status.success() => Ok(()),
+        Ok(o) => Err(format!(
+            "a probe init failed ({}): {}",
+            o.status,
+            String::from_utf8_lossy(&o.stderr).trim()
+        )),
+        Err(e) => Err(format!("cannot unshare the pid namespace: {e}")),
+    }
+}
+
 /// A runtime binary under `/tmp` cannot start in a box with its own `/tmp`: why, if
 /// `program` is one.
 pub fn hidden_by_private_tmp(report: &BTreeMap<String, String>, program: &Path) -> Option<String> {
@@ -578,6 +651,16 @@ fn searchable_by_others(dir: &Path) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// The oldest child of `pid`, in the worker's pid numbering.
+fn first_child(pid: u32) -> Option<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// Peak resident memory of a process in MB (`VmHWM`), or 0 if it is gone.

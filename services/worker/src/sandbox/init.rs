@@ -1,0 +1,150 @@
+//! The box's init: what makes an instance's pid namespace work.
+//!
+//! `unshare(CLONE_NEWPID)` (in the spawn's `pre_exec`) moves only the *children* of
+//! the caller into the new namespace, so the worker does not exec the runtime
+//! directly: it execs itself as [`INIT_ARG`], still root and already in the
+//! instance's mount namespace and cgroups. That process (the *outer* init, in the
+//! worker's pid namespace) forks the namespace's pid 1, which mounts a `/proc` of
+//! its own (so the function sees only its own processes), forks the runtime as
+//! pid 2 — dropping to the function's uid, `no_new_privs`, `PDEATHSIG` — and reaps
+//! whatever gets orphaned under it. When the runtime ends, pid 1 ends with its
+//! status, and the kernel kills everything left in the namespace: a `setsid` daemon
+//! cannot outlive its instance even where no cgroup is available. The outer init
+//! waits for pid 1 and ends the same way, so the worker sees the runtime's status.
+//!
+//! It runs before the worker's async runtime starts (a single thread, so `fork` is
+//! safe) and never returns.
+
+use std::ffi::CString;
+
+use nix::sys::signal::Signal;
+use nix::sys::wait::{WaitStatus, waitpid};
+use nix::unistd::{ForkResult, Gid, Pid, Uid, fork};
+
+/// `nimbus-worker __nimbus-box-init <uid|-> <program> [args…]`.
+pub const INIT_ARG: &str = "__nimbus-box-init";
+
+/// The init's whole life: `args` are what follows [`INIT_ARG`].
+pub fn run(args: &[String]) -> ! {
+    match try_run(args) {
+        Ok(never) => match never {},
+        Err(e) => {
+            eprintln!("nimbus box init: {e}");
+            std::process::exit(126)
+        }
+    }
+}
+
+enum Never {}
+
+fn try_run(args: &[String]) -> Result<Never, String> {
+    let [uid, program, rest @ ..] = args else {
+        return Err(format!("usage: {INIT_ARG} <uid|-> <program> [args…]"));
+    };
+    let uid: Option<u32> = match uid.as_str() {
+        "-" => None,
+        u => Some(u.parse().map_err(|_| format!("bad uid {u:?}"))?),
+    };
+    let argv: Vec<CString> = std::iter::once(program)
+        .chain(rest)
+        .map(|a| CString::new(a.as_bytes()).map_err(|_| format!("NUL in {a:?}")))
+        .collect::<Result<_, _>>()?;
+    // SAFETY: single-threaded (the async runtime has not started).
+    match unsafe { fork() }.map_err(|e| format!("fork: {e}"))? {
+        ForkResult::Parent { child } => exit_like(match wait_for(child) {
+            // Pid 1 cannot die of its own signal: it ended with 128 + n instead.
+            WaitStatus::Exited(pid, code) if (129..160).contains(&code) => {
+                match Signal::try_from(code - 128) {
+                    Ok(sig) => WaitStatus::Signaled(pid, sig, false),
+                    Err(_) => WaitStatus::Exited(pid, code),
+                }
+            }
+            other => other,
+        }),
+        ForkResult::Child => pid_one(uid, &argv),
+    }
+}
+
+/// Pid 1 of the namespace.
+fn pid_one(uid: Option<u32>, argv: &[CString]) -> Result<Never, String> {
+    let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
+    use nix::mount::{MsFlags, mount};
+    const NONE: Option<&'static std::ffi::CStr> = None;
+    mount(
+        Some(c"proc"),
+        c"/proc",
+        Some(c"proc"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        NONE,
+    )
+    .map_err(|e| format!("mounting /proc: {e}"))?;
+    // SAFETY: still single-threaded.
+    let runtime = match unsafe { fork() }.map_err(|e| format!("fork: {e}"))? {
+        ForkResult::Child => {
+            let e = become_function(uid, argv);
+            eprintln!("nimbus box init: cannot start {:?}: {e}", argv[0]);
+            // SAFETY: leave without running the parent's exit handlers.
+            unsafe { nix::libc::_exit(127) }
+        }
+        ForkResult::Parent { child } => child,
+    };
+    // Reap everything; end with the runtime.
+    loop {
+        match waitpid(Pid::from_raw(-1), None) {
+            Ok(status) if status.pid() == Some(runtime) => exit_like(status),
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(format!("wait: {e}")),
+        }
+    }
+}
+
+/// In the runtime's process: the function's identity, then exec. Returns only on
+/// failure.
+fn become_function(uid: Option<u32>, argv: &[CString]) -> nix::errno::Errno {
+    let step = || -> nix::Result<std::convert::Infallible> {
+        if let Some(uid) = uid {
+            let (u, g) = (Uid::from_raw(uid), Gid::from_raw(uid));
+            nix::unistd::setgroups(&[])?;
+            nix::unistd::setresgid(g, g, g)?;
+            nix::unistd::setresuid(u, u, u)?;
+            nix::sys::prctl::set_no_new_privs()?;
+        }
+        // After the uid change: changing credentials clears it.
+        nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
+        nix::unistd::execv(&argv[0], argv)
+    };
+    match step() {
+        Ok(never) => match never {},
+        Err(e) => e,
+    }
+}
+
+fn wait_for(child: Pid) -> WaitStatus {
+    loop {
+        match waitpid(child, None) {
+            Ok(s @ (WaitStatus::Exited(..) | WaitStatus::Signaled(..))) => return s,
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(_) => return WaitStatus::Exited(child, 126),
+        }
+    }
+}
+
+/// Ends this process the way `status` ended its child: the same exit code, or
+/// the same signal.
+fn exit_like(status: WaitStatus) -> ! {
+    match status {
+        WaitStatus::Signaled(_, sig, _) => {
+            // Default disposition, then the signal itself; pid 1 of a namespace
+            // ignores signals sent to itself, so fall back to 128 + n.
+            // SAFETY: plain system calls.
+            unsafe {
+                nix::libc::signal(sig as i32, nix::libc::SIG_DFL);
+                nix::libc::kill(nix::libc::getpid(), sig as i32);
+            }
+            std::process::exit(128 + sig as i32)
+        }
+        WaitStatus::Exited(_, code) => std::process::exit(code),
+        _ => std::process::exit(126),
+    }
+}
