@@ -324,3 +324,83 @@ async fn a_worker_binary_under_tmp_still_gets_its_mounts() {
     }
     worker.kill();
 }
+
+/// `NIMBUS_SANDBOX_NETWORK=isolated`: an instance has loopback only and reaches
+/// nothing but its Runtime API (relayed in by the box's init, payloads of any size,
+/// warm calls too); a function named in `NIMBUS_SANDBOX_EGRESS` keeps the network.
+#[tokio::test]
+async fn an_isolated_network_reaches_only_the_runtime_api() {
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start(ClusterOpts {
+        env: vec![
+            ("NIMBUS_SANDBOX_NETWORK".into(), "isolated".into()),
+            ("NIMBUS_SANDBOX_EGRESS".into(), "open".into()),
+        ],
+        ..Default::default()
+    })
+    .await;
+    require_box(&cluster).await;
+    let doc: Value = cluster
+        .http
+        .get(cluster.url("/nimbus/v1/cluster"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let net = doc["workers"][0]["sandbox"]["network_namespace"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(net.starts_with("on") && net.contains("open"), "{net}");
+    for name in ["closed", "open"] {
+        cluster
+            .create_function(
+                name,
+                "python3.12",
+                "app.net_probe",
+                &python_zip(),
+                json!({}),
+            )
+            .await;
+    }
+    // The gateway's own port: reachable on the worker's network.
+    let port = cluster
+        .endpoint
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .trim_end_matches('/')
+        .to_string();
+    let probe = json!({"host": "127.0.0.1", "port": port});
+    let closed = cluster.invoke("closed", &probe).await;
+    assert_eq!(
+        closed.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&closed.body)
+    );
+    let closed = closed.json();
+    assert_eq!(closed["reach"], "ConnectionRefusedError", "{closed}");
+    assert_eq!(closed["interfaces"], json!(["lo"]), "{closed}");
+    assert_eq!(closed["sys_interfaces"], json!(["lo"]), "{closed}");
+    assert_eq!(closed["runtime_api"], "127.0.0.1:9001", "{closed}");
+    // Warm calls and a large payload go through the relay as well.
+    let blob = "x".repeat(3 << 20);
+    for _ in 0..3 {
+        let big = cluster
+            .invoke(
+                "closed",
+                &json!({"host": "127.0.0.1", "port": port, "blob": blob}),
+            )
+            .await;
+        assert_eq!(big.status, 200);
+        assert_eq!(big.json()["echo"].as_str().map(str::len), Some(blob.len()));
+    }
+    let open = cluster.invoke("open", &probe).await.json();
+    assert_eq!(open["reach"], "connected", "{open}");
+    assert_ne!(open["interfaces"], json!(["lo"]), "{open}");
+    assert_ne!(open["runtime_api"], "127.0.0.1:9001", "{open}");
+    cluster.stop();
+}

@@ -13,7 +13,9 @@ use tokio::net::unix::pipe;
 use tokio::sync::{oneshot, watch};
 
 use crate::runtime_api::{Invocation, RuntimeApi, RuntimeResult};
-use crate::sandbox::{Sandbox, SandboxError, SandboxHandle, SandboxSpec, Sandboxed};
+use crate::sandbox::{
+    BOX_RUNTIME_API, Sandbox, SandboxError, SandboxHandle, SandboxSpec, Sandboxed,
+};
 
 /// Output kept per invocation; beyond it the log says it was truncated.
 const MAX_LOG_BYTES: usize = 1024 * 1024;
@@ -132,7 +134,12 @@ impl Instance {
         sandbox: &dyn Sandbox,
         scratch: &Path,
     ) -> Result<Self, InstanceError> {
-        let api = RuntimeApi::start().await?;
+        // A box with its own network reaches the Runtime API through a Unix socket
+        // (short name: socket paths are limited to 108 bytes).
+        let api_socket = sandbox
+            .isolates_network(&config.name)
+            .then(|| scratch.join(format!("{id}.api")));
+        let api = RuntimeApi::start(api_socket.as_deref()).await?;
         let tmp = tempfile::Builder::new()
             .prefix(&format!("{}-", config.name))
             .tempdir_in(scratch)?;
@@ -178,7 +185,11 @@ impl Instance {
         let mut env = config.environment.clone();
         let code = paths.task_root.display().to_string();
         let reserved = [
-            ("AWS_LAMBDA_RUNTIME_API", api.addr.to_string()),
+            (
+                "AWS_LAMBDA_RUNTIME_API",
+                api.addr
+                    .map_or_else(|| BOX_RUNTIME_API.to_string(), |a| a.to_string()),
+            ),
             ("_HANDLER", config.handler.clone()),
             ("LAMBDA_TASK_ROOT", code.clone()),
             (
@@ -228,6 +239,7 @@ impl Instance {
             runtime_dir: runtimes.dir.clone(),
             tmp_dir: tmp.path().to_path_buf(),
             memory_mb: config.memory_mb,
+            runtime_api_socket: api_socket,
         };
         let started = Instant::now();
         let Sandboxed {

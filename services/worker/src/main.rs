@@ -54,6 +54,15 @@ struct Args {
     /// Processes and threads one instance may have.
     #[arg(long, env = "NIMBUS_SANDBOX_PIDS_MAX", default_value_t = 1024)]
     sandbox_pids_max: u32,
+    /// `shared`: functions use the worker's network (as on Lambda); `isolated`: each
+    /// instance gets a network namespace with loopback only (the Runtime API is
+    /// relayed in), except the functions in NIMBUS_SANDBOX_EGRESS.
+    #[arg(long, env = "NIMBUS_SANDBOX_NETWORK", default_value = "shared", value_parser = ["shared", "isolated"])]
+    sandbox_network: String,
+    /// Functions that keep the worker's network under `isolated` (comma separated;
+    /// `*`: all).
+    #[arg(long, env = "NIMBUS_SANDBOX_EGRESS", value_delimiter = ',')]
+    sandbox_egress: Vec<String>,
     /// Region reported to functions (`AWS_REGION`).
     #[arg(long, env = "NIMBUS_REGION", default_value = "us-east-1")]
     region: String,
@@ -129,6 +138,13 @@ async fn main_exec() -> anyhow::Result<()> {
             tmp_mb: args.sandbox_tmp_mb,
             pids_max: args.sandbox_pids_max,
             enabled: args.sandbox == "on",
+            isolate_network: args.sandbox_network == "isolated",
+            egress: args
+                .sandbox_egress
+                .iter()
+                .map(|f| f.trim().to_string())
+                .filter(|f| !f.is_empty())
+                .collect(),
         },
         &worker_id,
         &data_dir,

@@ -45,27 +45,33 @@ struct ApiState {
 
 /// Handle to one instance's Runtime API server.
 pub struct RuntimeApi {
-    pub addr: SocketAddr,
+    /// The TCP address, when it listens on one (see [`RuntimeApi::start`]).
+    pub addr: Option<SocketAddr>,
     pub next_tx: mpsc::Sender<Invocation>,
     /// Set when the runtime posts `/init/error`.
     pub init_error: watch::Receiver<Option<Bytes>>,
     /// Set when the runtime first asks for work: the end of its init phase.
     pub ready: watch::Receiver<Option<Instant>>,
     stop: CancellationToken,
+    socket: Option<std::path::PathBuf>,
 }
 
 impl Drop for RuntimeApi {
     fn drop(&mut self) {
         self.stop.cancel();
+        if let Some(path) = &self.socket {
+            let _ = std::fs::remove_file(path);
+        }
     }
 }
 
 const MAX_BODY: usize = nimbus_proto::MAX_SYNC_PAYLOAD + 1;
 
 impl RuntimeApi {
-    pub async fn start() -> std::io::Result<Self> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
+    /// Serves on an ephemeral loopback port, or on the Unix socket `unix` (for a box
+    /// with its own network namespace, whose init relays the runtime's loopback
+    /// connections to it).
+    pub async fn start(unix: Option<&std::path::Path>) -> std::io::Result<Self> {
         let (next_tx, next_rx) = mpsc::channel(1);
         let (init_tx, init_rx) = watch::channel(None);
         let (ready_tx, ready_rx) = watch::channel(None);
@@ -87,13 +93,30 @@ impl RuntimeApi {
             .with_state(state);
         let stop = CancellationToken::new();
         let s = stop.clone();
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(s.cancelled_owned())
-                .await;
-        });
+        let addr = match unix {
+            Some(path) => {
+                let listener = tokio::net::UnixListener::bind(path)?;
+                tokio::spawn(async move {
+                    let _ = axum::serve(listener, app)
+                        .with_graceful_shutdown(s.cancelled_owned())
+                        .await;
+                });
+                None
+            }
+            None => {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+                let addr = listener.local_addr()?;
+                tokio::spawn(async move {
+                    let _ = axum::serve(listener, app)
+                        .with_graceful_shutdown(s.cancelled_owned())
+                        .await;
+                });
+                Some(addr)
+            }
+        };
         Ok(Self {
             addr,
+            socket: unix.map(std::path::Path::to_path_buf),
             next_tx,
             init_error: init_rx,
             ready: ready_rx,

@@ -11,6 +11,8 @@
 //! status, and the kernel kills everything left in the namespace: a `setsid` daemon
 //! cannot outlive its instance even where no cgroup is available. The outer init
 //! waits for pid 1 and ends the same way, so the worker sees the runtime's status.
+//! With a network namespace of its own (the spawn unshares that too), pid 1 brings
+//! up loopback and relays `127.0.0.1:9001` to the worker's Runtime API socket.
 //!
 //! It runs before the worker's async runtime starts (a single thread, so `fork` is
 //! safe) and never returns.
@@ -21,8 +23,22 @@ use nix::sys::signal::Signal;
 use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Gid, Pid, Uid, fork};
 
-/// `nimbus-worker __nimbus-box-init <uid|-> <program> [args…]`.
+/// `nimbus-worker __nimbus-box-init <uid|-> <relay|-> <program> [args…]`, where
+/// `relay` is `<port>:<fd>:<name>`: in a network namespace of its own, pid 1 brings
+/// up loopback, listens on `127.0.0.1:<port>` and relays each connection to the
+/// Unix socket `<name>` in the directory open as `<fd>` (the worker's Runtime API).
 pub const INIT_ARG: &str = "__nimbus-box-init";
+
+/// The relay argument for [`INIT_ARG`].
+pub fn relay_arg(port: u16, dir_fd: i32, name: &str) -> String {
+    format!("{port}:{dir_fd}:{name}")
+}
+
+struct Relay {
+    port: u16,
+    dir_fd: i32,
+    name: String,
+}
 
 /// The init's whole life: `args` are what follows [`INIT_ARG`].
 pub fn run(args: &[String]) -> ! {
@@ -38,8 +54,25 @@ pub fn run(args: &[String]) -> ! {
 enum Never {}
 
 fn try_run(args: &[String]) -> Result<Never, String> {
-    let [uid, program, rest @ ..] = args else {
-        return Err(format!("usage: {INIT_ARG} <uid|-> <program> [args…]"));
+    let [uid, relay, program, rest @ ..] = args else {
+        return Err(format!(
+            "usage: {INIT_ARG} <uid|-> <port:fd:name|-> <program> [args…]"
+        ));
+    };
+    let relay = match relay.as_str() {
+        "-" => None,
+        r => {
+            let mut parts = r.splitn(3, ':');
+            let (Some(port), Some(fd), Some(name)) = (parts.next(), parts.next(), parts.next())
+            else {
+                return Err(format!("bad relay {r:?}"));
+            };
+            Some(Relay {
+                port: port.parse().map_err(|_| format!("bad port in {r:?}"))?,
+                dir_fd: fd.parse().map_err(|_| format!("bad fd in {r:?}"))?,
+                name: name.to_string(),
+            })
+        }
     };
     let uid: Option<u32> = match uid.as_str() {
         "-" => None,
@@ -61,12 +94,12 @@ fn try_run(args: &[String]) -> Result<Never, String> {
             }
             other => other,
         }),
-        ForkResult::Child => pid_one(uid, &argv),
+        ForkResult::Child => pid_one(uid, relay, &argv),
     }
 }
 
 /// Pid 1 of the namespace.
-fn pid_one(uid: Option<u32>, argv: &[CString]) -> Result<Never, String> {
+fn pid_one(uid: Option<u32>, relay: Option<Relay>, argv: &[CString]) -> Result<Never, String> {
     let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
     use nix::mount::{MsFlags, mount};
     const NONE: Option<&'static std::ffi::CStr> = None;
@@ -78,6 +111,28 @@ fn pid_one(uid: Option<u32>, argv: &[CString]) -> Result<Never, String> {
         NONE,
     )
     .map_err(|e| format!("mounting /proc: {e}"))?;
+    // Bound before the runtime starts, so its first connection waits in the backlog.
+    let relay = match relay {
+        Some(r) => {
+            loopback_up().map_err(|e| format!("bringing up loopback: {e}"))?;
+            // A sysfs of this namespace: the host's interfaces are not its business.
+            mount(
+                Some(c"sysfs"),
+                c"/sys",
+                Some(c"sysfs"),
+                MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+                NONE,
+            )
+            .map_err(|e| format!("mounting /sys: {e}"))?;
+            let listener = std::net::TcpListener::bind(("127.0.0.1", r.port))
+                .map_err(|e| format!("listening on 127.0.0.1:{}: {e}", r.port))?;
+            // The directory stays ours: the runtime does not inherit it.
+            // SAFETY: plain fcntl on a descriptor we were given.
+            unsafe { nix::libc::fcntl(r.dir_fd, nix::libc::F_SETFD, nix::libc::FD_CLOEXEC) };
+            Some((listener, format!("/proc/self/fd/{}/{}", r.dir_fd, r.name)))
+        }
+        None => None,
+    };
     // SAFETY: still single-threaded.
     let runtime = match unsafe { fork() }.map_err(|e| format!("fork: {e}"))? {
         ForkResult::Child => {
@@ -88,6 +143,9 @@ fn pid_one(uid: Option<u32>, argv: &[CString]) -> Result<Never, String> {
         }
         ForkResult::Parent { child } => child,
     };
+    if let Some((listener, target)) = relay {
+        std::thread::spawn(move || serve_relay(listener, target));
+    }
     // Reap everything; end with the runtime.
     loop {
         match waitpid(Pid::from_raw(-1), None) {
@@ -117,6 +175,77 @@ fn become_function(uid: Option<u32>, argv: &[CString]) -> nix::errno::Errno {
     match step() {
         Ok(never) => match never {},
         Err(e) => e,
+    }
+}
+
+/// Each loopback connection of the runtime, relayed to the worker's socket.
+fn serve_relay(listener: std::net::TcpListener, target: String) {
+    for conn in listener.incoming() {
+        let Ok(tcp) = conn else { continue };
+        let unix = match std::os::unix::net::UnixStream::connect(&target) {
+            Ok(u) => u,
+            Err(e) => {
+                eprintln!("nimbus box init: the Runtime API is unreachable: {e}");
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let (Ok(tcp2), Ok(unix2)) = (tcp.try_clone(), unix.try_clone()) else {
+            continue;
+        };
+        std::thread::spawn(move || pipe(tcp, unix2));
+        std::thread::spawn(move || pipe(unix, tcp2));
+    }
+}
+
+/// Copies until end of stream, then passes the end on.
+fn pipe(mut from: impl std::io::Read, mut to: impl std::io::Write + ShutdownWrite) {
+    let _ = std::io::copy(&mut from, &mut to);
+    to.shutdown_write();
+}
+
+trait ShutdownWrite {
+    fn shutdown_write(&self);
+}
+
+impl ShutdownWrite for std::net::TcpStream {
+    fn shutdown_write(&self) {
+        let _ = self.shutdown(std::net::Shutdown::Write);
+    }
+}
+
+impl ShutdownWrite for std::os::unix::net::UnixStream {
+    fn shutdown_write(&self) {
+        let _ = self.shutdown(std::net::Shutdown::Write);
+    }
+}
+
+/// A new network namespace has only `lo`, and it is down.
+fn loopback_up() -> std::io::Result<()> {
+    use nix::libc;
+    // SAFETY: an ioctl pair on a throwaway socket with a zeroed, NUL-terminated
+    // interface request.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut req: libc::ifreq = std::mem::zeroed();
+        for (i, b) in b"lo\0".iter().enumerate() {
+            req.ifr_name[i] = *b as libc::c_char;
+        }
+        let result = if libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req) < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+            if libc::ioctl(fd, libc::SIOCSIFFLAGS, &req) < 0 {
+                Err(std::io::Error::last_os_error())
+            } else {
+                Ok(())
+            }
+        };
+        libc::close(fd);
+        result
     }
 }
 

@@ -18,8 +18,10 @@
 //!   tiny init ([`init`]) with its own `/proc`; it sees only its own processes, and
 //!   all of them end when it does.
 //!
-//! Not boxed: the network (functions reach the Runtime API on loopback, so they share
-//! the worker's network namespace; the bus is closed to them by NATS credentials).
+//! - **network namespace** (`isolated`, with the pid namespace): loopback only; the
+//!   init relays the Runtime API in from a Unix socket. Off by default (`shared`:
+//!   functions use the worker's network, as Lambda functions reach the internet;
+//!   the bus is closed to them by NATS credentials), and per function by `egress`.
 
 pub mod cgroup;
 pub mod init;
@@ -42,6 +44,9 @@ use self::cgroup::{Cgroups, InstanceCgroup, Limits};
 /// Where the code and the runtime bootstraps appear inside a box with its own mounts.
 pub const BOX_TASK_ROOT: &str = "/var/task";
 pub const BOX_RUNTIME_DIR: &str = "/var/runtime";
+/// The Runtime API's address inside a box with its own network (Lambda's).
+pub const BOX_RUNTIME_API_PORT: u16 = 9001;
+pub const BOX_RUNTIME_API: &str = "127.0.0.1:9001";
 
 /// Settings of the box (worker flags).
 #[derive(Debug, Clone)]
@@ -57,6 +62,11 @@ pub struct SandboxConfig {
     /// Off: run functions as the worker's own user, without cgroups or namespaces
     /// (for development only; reported as off).
     pub enabled: bool,
+    /// Each instance in a network namespace of its own (loopback only; the Runtime
+    /// API relayed by the box's init), except the functions in `egress`.
+    pub isolate_network: bool,
+    /// Functions (`*`: all) that keep the worker's network when it is isolated.
+    pub egress: Vec<String>,
 }
 
 /// What to start. Paths are host paths; [`Sandbox::paths`] says where they appear
@@ -77,6 +87,9 @@ pub struct SandboxSpec {
     /// The instance's scratch directory (host path), `/tmp` where no mount namespace.
     pub tmp_dir: PathBuf,
     pub memory_mb: u32,
+    /// With a network namespace of its own ([`Sandbox::isolates_network`]): the
+    /// worker's Runtime API socket, relayed to [`BOX_RUNTIME_API`] inside.
+    pub runtime_api_socket: Option<PathBuf>,
 }
 
 /// Paths as the function sees them.
@@ -168,6 +181,12 @@ pub trait Sandbox: Send + Sync + 'static {
     fn report(&self) -> BTreeMap<String, String>;
     /// Removes what the box set up on the host (at exit, once instances are gone).
     fn cleanup(&self) {}
+
+    /// Whether `function`'s instances get a network namespace of their own (then
+    /// the spec must carry `runtime_api_socket`).
+    fn isolates_network(&self, _function: &str) -> bool {
+        false
+    }
 }
 
 /// Per-function uids: a function keeps its uid for the worker's life; two functions
@@ -211,6 +230,8 @@ pub struct ProcessSandbox {
     mount_ns: bool,
     /// Each instance in its own pid namespace under [`init`] (needs `mount_ns`).
     pid_ns: bool,
+    /// Network namespaces are possible and asked for (needs `pid_ns`).
+    net_ns: bool,
     report: BTreeMap<String, String>,
 }
 
@@ -246,6 +267,17 @@ impl ProcessSandbox {
         let pid_ns = match &mount_ns {
             Ok(()) => probe_pid_namespace(cfg.tmp_mb).map_err(|e| off(&e)),
             Err(_) => Err(off("needs the mount namespace (for its own /proc)")),
+        };
+        let net_ns = if !cfg.isolate_network {
+            Err(off(
+                "functions use the worker's network (NIMBUS_SANDBOX_NETWORK=shared)",
+            ))
+        } else if pid_ns.is_err() {
+            Err(off(
+                "NIMBUS_SANDBOX_NETWORK=isolated needs the pid namespace (its init relays the Runtime API)",
+            ))
+        } else {
+            probe_network_namespace().map_err(|e| off(&e))
         };
         report.insert(
             "uid".to_string(),
@@ -289,11 +321,19 @@ impl ProcessSandbox {
         );
         report.insert(
             "network_namespace".to_string(),
-            "off: functions share the worker's network (the Runtime API is on loopback)"
-                .to_string(),
+            match &net_ns {
+                Ok(()) if cfg.egress.is_empty() => {
+                    "on: loopback only; the Runtime API relayed in".to_string()
+                }
+                Ok(()) => format!(
+                    "on: loopback only; the Runtime API relayed in; the worker's network for {}",
+                    cfg.egress.join(",")
+                ),
+                Err(e) => e.clone(),
+            },
         );
         for (name, state) in &report {
-            let by_design = name == "network_namespace";
+            let by_design = name == "network_namespace" && !cfg.isolate_network;
             if state.starts_with("off") && !by_design {
                 tracing::warn!(protection = %name, %state, "sandbox protection is off");
             } else {
@@ -312,6 +352,7 @@ impl ProcessSandbox {
             cgroups: cgroups.ok(),
             mount_ns: mount_ns.is_ok(),
             pid_ns: pid_ns.is_ok(),
+            net_ns: net_ns.is_ok(),
             cfg,
             report,
         }
@@ -357,6 +398,10 @@ impl Sandbox for ProcessSandbox {
 
     fn report(&self) -> BTreeMap<String, String> {
         self.report.clone()
+    }
+
+    fn isolates_network(&self, function: &str) -> bool {
+        self.net_ns && !self.cfg.egress.iter().any(|f| f == "*" || f == function)
     }
 
     fn cleanup(&self) {
@@ -424,12 +469,41 @@ impl Sandbox for ProcessSandbox {
 
         let stderr = output.try_clone().map_err(err)?;
         let pid_ns = self.pid_ns;
+        // The Runtime API socket's directory, open for the init to reach through
+        // /proc/self/fd (its path may lie under /tmp, which the box hides).
+        let relay_dir = match &spec.runtime_api_socket {
+            Some(sock) if pid_ns && self.net_ns => {
+                use std::os::unix::fs::OpenOptionsExt;
+                let dir = sock.parent().unwrap_or(Path::new("/"));
+                let name = sock
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .ok_or_else(|| SandboxError::Setup(format!("bad socket {}", sock.display())))?;
+                let fd = std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(nix::libc::O_PATH | nix::libc::O_DIRECTORY)
+                    .open(dir)
+                    .map_err(|e| SandboxError::Setup(format!("{}: {e}", dir.display())))?;
+                Some((fd, name.to_string()))
+            }
+            Some(_) => {
+                return Err(SandboxError::Setup(
+                    "a separate network needs the pid and network namespaces".into(),
+                ));
+            }
+            None => None,
+        };
+        let relay_fd = relay_dir.as_ref().map(|(fd, _)| fd.as_raw_fd());
         let mut cmd = if pid_ns {
             // The box's init (this binary) starts the runtime as pid 2 of the
             // instance's pid namespace, under the function's uid.
             let mut cmd = tokio::process::Command::new("/proc/self/exe");
             cmd.arg(init::INIT_ARG)
                 .arg(uid.map_or("-".to_string(), |u| u.to_string()))
+                .arg(match &relay_dir {
+                    Some((fd, name)) => init::relay_arg(BOX_RUNTIME_API_PORT, fd.as_raw_fd(), name),
+                    None => "-".to_string(),
+                })
                 .arg(&spec.program)
                 .args(&spec.args);
             cmd
@@ -471,6 +545,13 @@ impl Sandbox for ProcessSandbox {
                 if pid_ns {
                     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWPID)?;
                 }
+                if let Some(fd) = relay_fd {
+                    // Inherited by the init (it sets close-on-exec again itself).
+                    if nix::libc::fcntl(fd, nix::libc::F_SETFD, 0) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)?;
+                }
                 setrlimit(Resource::RLIMIT_NOFILE, 1024, 1024)?;
                 setrlimit(Resource::RLIMIT_AS, as_limit, as_limit)?;
                 setrlimit(Resource::RLIMIT_CORE, 0, 0)?;
@@ -491,6 +572,7 @@ impl Sandbox for ProcessSandbox {
         }
         let child = cmd.spawn().map_err(err)?;
         drop(join);
+        drop(relay_dir);
         let pid = child.id().unwrap_or_default();
         Ok(Sandboxed {
             child,
@@ -594,7 +676,7 @@ fn probe_mount_namespace(tmp_mb: u32) -> Result<(), String> {
 fn probe_pid_namespace(tmp_mb: u32) -> Result<(), String> {
     let plan = MountPlan::new(tmp_mb, c"/".into(), c"/".into());
     let mut cmd = std::process::Command::new("/proc/self/exe");
-    cmd.args([init::INIT_ARG, "-", "/proc/self/exe", "--version"])
+    cmd.args([init::INIT_ARG, "-", "-", "/proc/self/exe", "--version"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
@@ -615,6 +697,28 @@ fn probe_pid_namespace(tmp_mb: u32) -> Result<(), String> {
             String::from_utf8_lossy(&o.stderr).trim()
         )),
         Err(e) => Err(format!("cannot unshare the pid namespace: {e}")),
+    }
+}
+
+/// Can instances get a network namespace of their own?
+fn probe_network_namespace() -> Result<(), String> {
+    let mut cmd = std::process::Command::new("/proc/self/exe");
+    cmd.arg("--version")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    use std::os::unix::process::CommandExt;
+    // SAFETY: one system call in the child.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)?;
+            Ok(())
+        });
+    }
+    match cmd.status() {
+        Ok(s) if s.success() => Ok(()),
+        Ok(s) => Err(format!("a probe child with its own network failed ({s})")),
+        Err(e) => Err(format!("cannot unshare the network namespace: {e}")),
     }
 }
 
