@@ -87,6 +87,11 @@ async fn shell_and_rust_bootstraps() {
 #[tokio::test]
 async fn timeout_kills_the_process_group_and_the_next_call_works() {
     let _serial = SERIAL.lock().await;
+    // Names the function's child among the host's processes.
+    let mark = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
     let cluster = Cluster::start(ClusterOpts::default()).await;
     cluster
         .create_function(
@@ -98,7 +103,11 @@ async fn timeout_kills_the_process_group_and_the_next_call_works() {
         )
         .await;
     let r = cluster
-        .invoke_raw("sleepy", b"{}".to_vec(), &[("X-Amz-Log-Type", "Tail")])
+        .invoke_raw(
+            "sleepy",
+            serde_json::to_vec(&json!({"mark": mark})).unwrap(),
+            &[("X-Amz-Log-Type", "Tail")],
+        )
         .await;
     assert_eq!(r.status, 200);
     assert_eq!(
@@ -114,24 +123,19 @@ async fn timeout_kills_the_process_group_and_the_next_call_works() {
         "{err}"
     );
     let log = r.log_tail();
-    let pid: i32 = log
+    let arg = log
         .lines()
-        .find_map(|l| l.strip_prefix("child-pid "))
-        .unwrap_or_else(|| panic!("no child pid in {log}"))
+        .find_map(|l| l.strip_prefix("child-arg "))
+        .unwrap_or_else(|| panic!("no child in {log}"))
         .trim()
-        .parse()
-        .unwrap();
+        .to_string();
+    assert_eq!(arg, format!("300.{mark}"));
     assert!(log.contains("Task timed out after 2.00 seconds"), "{log}");
     // The function's child (a `sleep 300`) is gone with it.
     eventually(
         Duration::from_secs(2),
         "the function's child process to die",
-        || async {
-            let alive = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .map(|s| !s.contains(") Z "))
-                .unwrap_or(false);
-            (!alive).then_some(())
-        },
+        || async { (!alive_with_arg(&arg)).then_some(()) },
     )
     .await;
     // The next invocation gets a fresh instance and times out the same way (it works).
@@ -386,4 +390,14 @@ async fn scheduler_and_worker_expose_metrics() {
         "{s}"
     );
     cluster.stop();
+}
+
+/// Whether a live (not zombie) process on the host has `arg` among its arguments.
+fn alive_with_arg(arg: &str) -> bool {
+    std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+        let dir = e.path();
+        let cmdline = std::fs::read(dir.join("cmdline")).unwrap_or_default();
+        cmdline.split(|b| *b == 0).any(|a| a == arg.as_bytes())
+            && std::fs::read_to_string(dir.join("stat")).is_ok_and(|s| !s.contains(") Z "))
+    })
 }

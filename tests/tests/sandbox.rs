@@ -20,7 +20,8 @@ fn unique() -> u128 {
 }
 
 /// Fails unless every protection the tests below rely on is on.
-async fn require_box(cluster: &Cluster) {
+/// Asserts the worker reports the whole box; returns the cluster call's document.
+async fn require_box(cluster: &Cluster) -> Value {
     // The gateway lists a worker once it has heard its first heartbeat.
     let doc: Value = eventually(
         Duration::from_secs(10),
@@ -47,6 +48,7 @@ async fn require_box(cluster: &Cluster) {
             "sandbox protection {p} is {state}: {doc}"
         );
     }
+    doc
 }
 
 /// Processes on the host owned by `uid`.
@@ -339,16 +341,7 @@ async fn an_isolated_network_reaches_only_the_runtime_api() {
         ..Default::default()
     })
     .await;
-    require_box(&cluster).await;
-    let doc: Value = cluster
-        .http
-        .get(cluster.url("/nimbus/v1/cluster"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let doc = require_box(&cluster).await;
     let net = doc["workers"][0]["sandbox"]["network_namespace"]
         .as_str()
         .unwrap_or_default()

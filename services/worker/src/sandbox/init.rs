@@ -21,7 +21,7 @@ use std::ffi::CString;
 
 use nix::sys::signal::Signal;
 use nix::sys::wait::{WaitStatus, waitpid};
-use nix::unistd::{ForkResult, Gid, Pid, Uid, fork};
+use nix::unistd::{ForkResult, Pid, fork};
 
 /// `nimbus-worker __nimbus-box-init <uid|-> <relay|-> <program> [args…]`, where
 /// `relay` is `<port>:<fd>:<name>`: in a network namespace of its own, pid 1 brings
@@ -101,6 +101,13 @@ fn try_run(args: &[String]) -> Result<Never, String> {
 /// Pid 1 of the namespace.
 fn pid_one(uid: Option<u32>, relay: Option<Relay>, argv: &[CString]) -> Result<Never, String> {
     let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
+    // Only ever inside a box: run by hand, the mounts below would land on the host.
+    if nix::unistd::getpid().as_raw() != 1 {
+        return Err(
+            "not pid 1 of a new pid namespace: the box's init runs only in a box the worker made"
+                .into(),
+        );
+    }
     use nix::mount::{MsFlags, mount};
     const NONE: Option<&'static std::ffi::CStr> = None;
     mount(
@@ -162,11 +169,7 @@ fn pid_one(uid: Option<u32>, relay: Option<Relay>, argv: &[CString]) -> Result<N
 fn become_function(uid: Option<u32>, argv: &[CString]) -> nix::errno::Errno {
     let step = || -> nix::Result<std::convert::Infallible> {
         if let Some(uid) = uid {
-            let (u, g) = (Uid::from_raw(uid), Gid::from_raw(uid));
-            nix::unistd::setgroups(&[])?;
-            nix::unistd::setresgid(g, g, g)?;
-            nix::unistd::setresuid(u, u, u)?;
-            nix::sys::prctl::set_no_new_privs()?;
+            super::become_uid(uid)?;
         }
         // After the uid change: changing credentials clears it.
         nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;

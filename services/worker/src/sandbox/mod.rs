@@ -559,11 +559,7 @@ impl Sandbox for ProcessSandbox {
                     if nproc_backstop {
                         setrlimit(Resource::RLIMIT_NPROC, pids_max, pids_max)?;
                     }
-                    let (u, g) = (Uid::from_raw(uid), Gid::from_raw(uid));
-                    nix::unistd::setgroups(&[])?;
-                    nix::unistd::setresgid(g, g, g)?;
-                    nix::unistd::setresuid(u, u, u)?;
-                    nix::sys::prctl::set_no_new_privs()?;
+                    become_uid(uid)?;
                 }
                 // After the uid change: changing credentials clears it.
                 nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
@@ -645,6 +641,35 @@ fn cstring(p: &Path) -> Result<CString, SandboxError> {
         .map_err(|_| SandboxError::Setup(format!("{} has a NUL byte", p.display())))
 }
 
+/// Runs this binary (through the magic link: its own path may lie under /tmp, which
+/// a probe's tmpfs hides) with `args`, `setup` between fork and exec; why it
+/// failed, if it did.
+fn probe_child(
+    args: &[&str],
+    setup: impl FnMut() -> std::io::Result<()> + Send + Sync + 'static,
+) -> Result<(), String> {
+    let mut cmd = std::process::Command::new("/proc/self/exe");
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the callers' setups make system calls only, on data prepared before
+    // the fork, as in `spawn`.
+    unsafe {
+        cmd.pre_exec(setup);
+    }
+    match cmd.output() {
+        Ok(o) if o.status.success() => Ok(()),
+        Ok(o) => Err(format!(
+            "a probe child failed ({}) {}",
+            o.status,
+            String::from_utf8_lossy(&o.stderr).trim()
+        )),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// Can this host give instances their own mounts? Runs a real child through the same
 /// steps (with throwaway mounts) once at start.
 fn probe_mount_namespace(tmp_mb: u32) -> Result<(), String> {
@@ -652,74 +677,42 @@ fn probe_mount_namespace(tmp_mb: u32) -> Result<(), String> {
         std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {dir}: {e}"))?;
     }
     let plan = MountPlan::new(tmp_mb, c"/".into(), c"/".into());
-    // Ourselves through the magic link: the binary's own path may lie under /tmp,
-    // which the probe's tmpfs hides.
-    let mut cmd = std::process::Command::new("/proc/self/exe");
-    cmd.arg("--version")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    use std::os::unix::process::CommandExt;
-    // SAFETY: as in `spawn`: system calls only on data prepared before the fork.
-    unsafe {
-        cmd.pre_exec(move || enter_mounts(&plan));
-    }
-    match cmd.status() {
-        Ok(s) if s.success() => Ok(()),
-        Ok(s) => Err(format!("a probe child with its own mounts failed ({s})")),
-        Err(e) => Err(format!("cannot unshare mounts or mount tmpfs: {e}")),
-    }
+    probe_child(&["--version"], move || enter_mounts(&plan))
+        .map_err(|e| format!("cannot unshare mounts or mount tmpfs: {e}"))
 }
 
 /// Can instances get a pid namespace of their own? Runs the real init (with
 /// throwaway mounts) around `nimbus-worker --version` once at start.
 fn probe_pid_namespace(tmp_mb: u32) -> Result<(), String> {
     let plan = MountPlan::new(tmp_mb, c"/".into(), c"/".into());
-    let mut cmd = std::process::Command::new("/proc/self/exe");
-    cmd.args([init::INIT_ARG, "-", "-", "/proc/self/exe", "--version"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    use std::os::unix::process::CommandExt;
-    // SAFETY: as in `spawn`: system calls only on data prepared before the fork.
-    unsafe {
-        cmd.pre_exec(move || {
+    probe_child(
+        &[init::INIT_ARG, "-", "-", "/proc/self/exe", "--version"],
+        move || {
             enter_mounts(&plan)?;
             nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWPID)?;
             Ok(())
-        });
-    }
-    match cmd.output() {
-        Ok(o) if o.status.success() => Ok(()),
-        Ok(o) => Err(format!(
-            "a probe init failed ({}): {}",
-            o.status,
-            String::from_utf8_lossy(&o.stderr).trim()
-        )),
-        Err(e) => Err(format!("cannot unshare the pid namespace: {e}")),
-    }
+        },
+    )
+    .map_err(|e| format!("cannot give an instance its own pid namespace: {e}"))
 }
 
 /// Can instances get a network namespace of their own?
 fn probe_network_namespace() -> Result<(), String> {
-    let mut cmd = std::process::Command::new("/proc/self/exe");
-    cmd.arg("--version")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    use std::os::unix::process::CommandExt;
-    // SAFETY: one system call in the child.
-    unsafe {
-        cmd.pre_exec(|| {
-            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)?;
-            Ok(())
-        });
-    }
-    match cmd.status() {
-        Ok(s) if s.success() => Ok(()),
-        Ok(s) => Err(format!("a probe child with its own network failed ({s})")),
-        Err(e) => Err(format!("cannot unshare the network namespace: {e}")),
-    }
+    probe_child(&["--version"], || {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)?;
+        Ok(())
+    })
+    .map_err(|e| format!("cannot unshare the network namespace: {e}"))
+}
+
+/// The function's identity: its own uid and gid, no supplementary groups,
+/// `no_new_privs`. System calls only (safe between fork and exec).
+pub(crate) fn become_uid(uid: u32) -> nix::Result<()> {
+    let (u, g) = (Uid::from_raw(uid), Gid::from_raw(uid));
+    nix::unistd::setgroups(&[])?;
+    nix::unistd::setresgid(g, g, g)?;
+    nix::unistd::setresuid(u, u, u)?;
+    nix::sys::prctl::set_no_new_privs()
 }
 
 /// A runtime binary under `/tmp` cannot start in a box with its own `/tmp`: why, if
