@@ -24,13 +24,15 @@ pub fn unknown_env(cmd: &clap::Command) -> Vec<String> {
     unknown
 }
 
-/// At start: warn about variables the service ignores (another service's, or a typo).
+/// At start: name the variables the service ignores — usually another service's
+/// (`nimbus up` hands every service one environment), sometimes a typo, which
+/// `--check-config` refuses.
 pub fn warn_unknown_env(cmd: &clap::Command) {
     let unknown = unknown_env(cmd);
     if !unknown.is_empty() {
-        tracing::warn!(
+        tracing::info!(
             ignored = unknown.join(","),
-            "NIMBUS_* variables this service does not read"
+            "NIMBUS_* variables this service does not read (a typo? --check-config tells)"
         );
     }
 }
