@@ -230,6 +230,8 @@ pub struct ProcessSandbox {
     mount_ns: bool,
     /// Each instance in its own pid namespace under [`init`] (needs `mount_ns`).
     pid_ns: bool,
+    /// How to start the box's init.
+    init: InitProgram,
     /// Network namespaces are possible and asked for (needs `pid_ns`).
     net_ns: bool,
     report: BTreeMap<String, String>,
@@ -264,8 +266,9 @@ impl ProcessSandbox {
             };
             (uid_ok, cgroups, mount_ns)
         };
+        let init = InitProgram::find();
         let pid_ns = match &mount_ns {
-            Ok(()) => probe_pid_namespace(cfg.tmp_mb).map_err(|e| off(&e)),
+            Ok(()) => probe_pid_namespace(cfg.tmp_mb, &init).map_err(|e| off(&e)),
             Err(_) => Err(off("needs the mount namespace (for its own /proc)")),
         };
         let net_ns = if !cfg.isolate_network {
@@ -313,9 +316,10 @@ impl ProcessSandbox {
         report.insert(
             "pid_namespace".to_string(),
             match &pid_ns {
-                Ok(()) => {
-                    "on: an instance sees only its own processes; they all end with it".to_string()
-                }
+                Ok(()) => format!(
+                    "on: an instance sees only its own processes; they all end with it (init: {})",
+                    init.program.display()
+                ),
                 Err(e) => e.clone(),
             },
         );
@@ -352,6 +356,7 @@ impl ProcessSandbox {
             cgroups: cgroups.ok(),
             mount_ns: mount_ns.is_ok(),
             pid_ns: pid_ns.is_ok(),
+            init,
             net_ns: net_ns.is_ok(),
             cfg,
             report,
@@ -497,8 +502,8 @@ impl Sandbox for ProcessSandbox {
         let mut cmd = if pid_ns {
             // The box's init (this binary) starts the runtime as pid 2 of the
             // instance's pid namespace, under the function's uid.
-            let mut cmd = tokio::process::Command::new("/proc/self/exe");
-            cmd.arg(init::INIT_ARG)
+            let mut cmd = tokio::process::Command::new(&self.init.program);
+            cmd.args(&self.init.args)
                 .arg(uid.map_or("-".to_string(), |u| u.to_string()))
                 .arg(match &relay_dir {
                     Some((fd, name)) => init::relay_arg(BOX_RUNTIME_API_PORT, fd.as_raw_fd(), name),
@@ -641,14 +646,44 @@ fn cstring(p: &Path) -> Result<CString, SandboxError> {
         .map_err(|_| SandboxError::Setup(format!("{} has a NUL byte", p.display())))
 }
 
-/// Runs this binary (through the magic link: its own path may lie under /tmp, which
-/// a probe's tmpfs hides) with `args`, `setup` between fork and exec; why it
-/// failed, if it did.
+/// How the box's init is started: `nimbus-box-init` beside the worker (a small
+/// binary: a cold start execs it), else the worker itself with [`init::INIT_ARG`]
+/// (through the magic link, which works wherever the binary lies).
+#[derive(Debug, Clone)]
+struct InitProgram {
+    program: PathBuf,
+    args: Vec<String>,
+}
+
+impl InitProgram {
+    fn find() -> Self {
+        let beside = std::env::current_exe()
+            .ok()
+            .map(|exe| exe.with_file_name("nimbus-box-init"))
+            // Under /tmp it would be hidden by the box's own /tmp.
+            .filter(|p| p.is_file() && !p.starts_with("/tmp"));
+        match beside {
+            Some(program) => Self {
+                program,
+                args: vec![],
+            },
+            None => Self {
+                program: "/proc/self/exe".into(),
+                args: vec![init::INIT_ARG.to_string()],
+            },
+        }
+    }
+}
+
+/// Runs `program` (this binary through the magic link, whose own path may lie under
+/// /tmp, which a probe's tmpfs hides) with `args`, `setup` between fork and exec;
+/// why it failed, if it did.
 fn probe_child(
+    program: &Path,
     args: &[&str],
     setup: impl FnMut() -> std::io::Result<()> + Send + Sync + 'static,
 ) -> Result<(), String> {
-    let mut cmd = std::process::Command::new("/proc/self/exe");
+    let mut cmd = std::process::Command::new(program);
     cmd.args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -677,16 +712,21 @@ fn probe_mount_namespace(tmp_mb: u32) -> Result<(), String> {
         std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {dir}: {e}"))?;
     }
     let plan = MountPlan::new(tmp_mb, c"/".into(), c"/".into());
-    probe_child(&["--version"], move || enter_mounts(&plan))
-        .map_err(|e| format!("cannot unshare mounts or mount tmpfs: {e}"))
+    probe_child(Path::new("/proc/self/exe"), &["--version"], move || {
+        enter_mounts(&plan)
+    })
+    .map_err(|e| format!("cannot unshare mounts or mount tmpfs: {e}"))
 }
 
 /// Can instances get a pid namespace of their own? Runs the real init (with
 /// throwaway mounts) around `nimbus-worker --version` once at start.
-fn probe_pid_namespace(tmp_mb: u32) -> Result<(), String> {
+fn probe_pid_namespace(tmp_mb: u32, init: &InitProgram) -> Result<(), String> {
     let plan = MountPlan::new(tmp_mb, c"/".into(), c"/".into());
+    let mut args: Vec<String> = init.args.clone();
+    args.extend(["-", "-", "/proc/self/exe", "--version"].map(String::from));
     probe_child(
-        &[init::INIT_ARG, "-", "-", "/proc/self/exe", "--version"],
+        &init.program,
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
         move || {
             enter_mounts(&plan)?;
             nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWPID)?;
@@ -698,7 +738,7 @@ fn probe_pid_namespace(tmp_mb: u32) -> Result<(), String> {
 
 /// Can instances get a network namespace of their own?
 fn probe_network_namespace() -> Result<(), String> {
-    probe_child(&["--version"], || {
+    probe_child(Path::new("/proc/self/exe"), &["--version"], || {
         nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)?;
         Ok(())
     })
