@@ -2,12 +2,16 @@
 //! the environment must be one the service reads, so a typo in a compose file, a
 //! Kubernetes manifest or a shell does not silently fall back to a default.
 
+/// Variables every service reads outside its command line (telemetry).
+pub const SHARED_ENV: &[&str] = &["NIMBUS_LOG_FORMAT"];
+
 /// The `NIMBUS_*` environment variables `cmd` (a service's command line) reads.
 pub fn known_env(cmd: &clap::Command) -> Vec<String> {
     let mut names: Vec<String> = cmd
         .get_arguments()
         .filter_map(|a| a.get_env())
         .map(|e| e.to_string_lossy().into_owned())
+        .chain(SHARED_ENV.iter().map(|s| s.to_string()))
         .collect();
     names.sort();
     names
@@ -63,6 +67,9 @@ mod tests {
             .arg(Arg::new("a").long("a").env("NIMBUS_B"))
             .arg(Arg::new("b").long("b").env("NIMBUS_A"))
             .arg(Arg::new("c").long("c"));
-        assert_eq!(known_env(&cmd), vec!["NIMBUS_A", "NIMBUS_B"]);
+        assert_eq!(
+            known_env(&cmd),
+            vec!["NIMBUS_A", "NIMBUS_B", "NIMBUS_LOG_FORMAT"]
+        );
     }
 }

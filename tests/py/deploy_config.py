@@ -105,6 +105,9 @@ if k8s_services != set(BINARIES):
 # The check can fail: a misspelt variable is named in the refusal.
 service, env = compose_envs["gateway"]
 check("typo", service, dict(env, NIMBUS_GATEWAY_ADRR="0.0.0.0:8080"), expect_ok=False, needle="NIMBUS_GATEWAY_ADRR")
+# Read by every service outside its flags (telemetry): accepted.
+service, env = compose_envs["scheduler-1"]
+check("shared variable", service, dict(env, NIMBUS_LOG_FORMAT="json"))
 service, env = compose_envs["worker-1"]
 check("bad value", service, dict(env, NIMBUS_WORKER_SLOTS="many"), expect_ok=False, needle="many")
 
