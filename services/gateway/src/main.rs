@@ -77,11 +77,12 @@ async fn main_exec() -> anyhow::Result<()> {
         if let Some(list) = &args.access_keys {
             keys.extend(nimbus_gateway::auth::AccessKeys::parse_list(list)?);
         }
+        // Checking must not write: a missing file is fine when it would be made.
+        let made_at_start = args.check_config
+            && args.access_keys_create
+            && args.access_keys_file.as_ref().is_some_and(|f| !f.exists());
         match &args.access_keys_file {
-            // Checking must not write: a missing file is fine when it would be made.
-            Some(file) if args.check_config && args.access_keys_create && !file.exists() => {
-                keys.extend(nimbus_gateway::auth::AccessKeys::parse_list("check:check")?)
-            }
+            Some(_) if made_at_start => {}
             Some(file) if args.access_keys_create => {
                 keys.extend(nimbus_gateway::auth::AccessKeys::load_or_create(file)?)
             }
@@ -91,7 +92,7 @@ async fn main_exec() -> anyhow::Result<()> {
             }
             None => {}
         }
-        if keys.is_empty() {
+        if keys.is_empty() && !made_at_start {
             anyhow::bail!(
                 "no access keys: set NIMBUS_ACCESS_KEYS (ID:SECRET) or NIMBUS_ACCESS_KEYS_FILE, or NIMBUS_AUTH=off to accept unsigned requests"
             );

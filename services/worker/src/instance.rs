@@ -14,7 +14,7 @@ use tokio::sync::{oneshot, watch};
 
 use crate::runtime_api::{Invocation, RuntimeApi, RuntimeResult};
 use crate::sandbox::{
-    BOX_RUNTIME_API, Sandbox, SandboxError, SandboxHandle, SandboxSpec, Sandboxed,
+    BOX_RUNTIME_API_PORT, Sandbox, SandboxError, SandboxHandle, SandboxSpec, Sandboxed,
 };
 
 /// Output kept per invocation; beyond it the log says it was truncated.
@@ -187,8 +187,10 @@ impl Instance {
         let reserved = [
             (
                 "AWS_LAMBDA_RUNTIME_API",
-                api.addr
-                    .map_or_else(|| BOX_RUNTIME_API.to_string(), |a| a.to_string()),
+                api.addr.map_or_else(
+                    || format!("127.0.0.1:{BOX_RUNTIME_API_PORT}"),
+                    |a| a.to_string(),
+                ),
             ),
             ("_HANDLER", config.handler.clone()),
             ("LAMBDA_TASK_ROOT", code.clone()),

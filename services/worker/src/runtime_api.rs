@@ -92,25 +92,15 @@ impl RuntimeApi {
             .layer(DefaultBodyLimit::max(MAX_BODY))
             .with_state(state);
         let stop = CancellationToken::new();
-        let s = stop.clone();
         let addr = match unix {
             Some(path) => {
-                let listener = tokio::net::UnixListener::bind(path)?;
-                tokio::spawn(async move {
-                    let _ = axum::serve(listener, app)
-                        .with_graceful_shutdown(s.cancelled_owned())
-                        .await;
-                });
+                serve(tokio::net::UnixListener::bind(path)?, app, &stop);
                 None
             }
             None => {
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
                 let addr = listener.local_addr()?;
-                tokio::spawn(async move {
-                    let _ = axum::serve(listener, app)
-                        .with_graceful_shutdown(s.cancelled_owned())
-                        .await;
-                });
+                serve(listener, app, &stop);
                 Some(addr)
             }
         };
@@ -123,6 +113,19 @@ impl RuntimeApi {
             stop,
         })
     }
+}
+
+/// Serves `app` on `listener` until `stop`.
+fn serve<L: axum::serve::Listener>(listener: L, app: Router, stop: &CancellationToken)
+where
+    L::Addr: std::fmt::Debug,
+{
+    let stop = stop.clone();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await;
+    });
 }
 
 fn runtime_error(status: StatusCode, kind: &str, message: &str) -> Response {

@@ -44,9 +44,8 @@ use self::cgroup::{Cgroups, InstanceCgroup, Limits};
 /// Where the code and the runtime bootstraps appear inside a box with its own mounts.
 pub const BOX_TASK_ROOT: &str = "/var/task";
 pub const BOX_RUNTIME_DIR: &str = "/var/runtime";
-/// The Runtime API's address inside a box with its own network (Lambda's).
+/// The Runtime API's port on loopback inside a box with its own network (Lambda's).
 pub const BOX_RUNTIME_API_PORT: u16 = 9001;
-pub const BOX_RUNTIME_API: &str = "127.0.0.1:9001";
 
 /// Settings of the box (worker flags).
 #[derive(Debug, Clone)]
@@ -88,7 +87,7 @@ pub struct SandboxSpec {
     pub tmp_dir: PathBuf,
     pub memory_mb: u32,
     /// With a network namespace of its own ([`Sandbox::isolates_network`]): the
-    /// worker's Runtime API socket, relayed to [`BOX_RUNTIME_API`] inside.
+    /// worker's Runtime API socket, relayed to [`BOX_RUNTIME_API_PORT`] inside.
     pub runtime_api_socket: Option<PathBuf>,
 }
 
@@ -560,10 +559,11 @@ impl Sandbox for ProcessSandbox {
                 setrlimit(Resource::RLIMIT_NOFILE, 1024, 1024)?;
                 setrlimit(Resource::RLIMIT_AS, as_limit, as_limit)?;
                 setrlimit(Resource::RLIMIT_CORE, 0, 0)?;
+                // Counted against the function's uid, whoever switches to it.
+                if nproc_backstop {
+                    setrlimit(Resource::RLIMIT_NPROC, pids_max, pids_max)?;
+                }
                 if let Some(uid) = uid_here {
-                    if nproc_backstop {
-                        setrlimit(Resource::RLIMIT_NPROC, pids_max, pids_max)?;
-                    }
                     become_uid(uid)?;
                 }
                 // After the uid change: changing credentials clears it.
