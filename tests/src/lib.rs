@@ -630,6 +630,19 @@ impl Cluster {
         format!("{}{path}", self.endpoint)
     }
 
+    /// A signed GET of `path`, as JSON; `None` if the call or the decoding fails
+    /// (for polling with [`eventually`]).
+    pub async fn get_json(&self, path: &str) -> Option<serde_json::Value> {
+        self.http
+            .get(self.url(path))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()
+    }
+
     /// Creates a function through the Lambda API.
     pub async fn create_function(
         &self,

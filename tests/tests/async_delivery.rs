@@ -21,14 +21,9 @@ async fn put_config(cluster: &Cluster, name: &str, body: Value) -> (u16, Value) 
 
 async fn get_json(cluster: &Cluster, path: &str) -> Value {
     cluster
-        .http
-        .get(cluster.url(path))
-        .send()
+        .get_json(path)
         .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+        .unwrap_or_else(|| panic!("GET {path} gave no JSON"))
 }
 
 async fn event(cluster: &Cluster, name: &str, payload: Value) {

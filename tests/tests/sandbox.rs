@@ -27,15 +27,7 @@ async fn require_box(cluster: &Cluster) -> Value {
         Duration::from_secs(10),
         "a worker in the cluster call",
         || async {
-            let doc: Value = cluster
-                .http
-                .get(cluster.url("/nimbus/v1/cluster"))
-                .send()
-                .await
-                .ok()?
-                .json()
-                .await
-                .ok()?;
+            let doc = cluster.get_json("/nimbus/v1/cluster").await?;
             (!doc["workers"].as_array()?.is_empty()).then_some(doc)
         },
     )

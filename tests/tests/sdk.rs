@@ -28,15 +28,9 @@ async fn boto3_lambda_api() {
         std::time::Duration::from_secs(20),
         "the async invocation's log",
         || async {
-            let doc: serde_json::Value = cluster
-                .http
-                .get(cluster.url("/nimbus/v1/functions/sdk-hello/logs?limit=50"))
-                .send()
-                .await
-                .ok()?
-                .json()
-                .await
-                .ok()?;
+            let doc = cluster
+                .get_json("/nimbus/v1/functions/sdk-hello/logs?limit=50")
+                .await?;
             let text = doc["events"].to_string();
             text.contains("hello from sdk-hello").then_some(doc)
         },
