@@ -36,7 +36,7 @@ pub use invoke::{
     AckResult, AsyncInvocation, Dispatch, DispatchAck, InvocationType, InvokeOutcome, InvokeReply,
     InvokeRequest, completion_key,
 };
-pub use logs::LogRecord;
+pub use logs::{LogBatch, LogRecord, decode_log_message};
 pub use route::{FunctionUrlConfig, RouteConfig};
 pub use schedule::{Misfire, ScheduleConfig, ScheduleState};
 pub use subjects::{NATS_PUBLISHER_USER, NATS_SERVICE_USER, Subjects};

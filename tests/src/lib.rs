@@ -194,6 +194,12 @@ pub struct Nats {
 
 impl Nats {
     pub fn start() -> Nats {
+        Self::start_with(false)
+    }
+
+    /// `sync_always`: JetStream syncs every write to disk (`sync_interval: always`),
+    /// as `nimbus up` and the compose cluster run it; the tests leave it off.
+    pub fn start_with(sync_always: bool) -> Nats {
         let dir = tempfile::tempdir().expect("tempdir");
         let conf = dir.path().join("nats.conf");
         let mut f = std::fs::File::create(&conf).expect("conf");
@@ -205,8 +211,13 @@ impl Nats {
         let publisher_password = format!("pub-{stamp:x}");
         write!(
             f,
-            "listen: 127.0.0.1:-1\nmax_payload: 8MB\njetstream {{\n  store_dir: \"{}\"\n}}\n{}",
+            "listen: 127.0.0.1:-1\nmax_payload: 8MB\njetstream {{\n  store_dir: \"{}\"\n{}}}\n{}",
             dir.path().join("js").display(),
+            if sync_always {
+                "  sync_interval: always\n"
+            } else {
+                ""
+            },
             nimbus_proto::Subjects::new("nimbus")
                 .expect("default prefix")
                 .nats_authorization(&service_password, &publisher_password),
@@ -265,6 +276,8 @@ pub struct ClusterOpts {
     pub code_store: Option<String>,
     /// Extra environment for every service (e.g. AWS credentials for s3://).
     pub env: Vec<(String, String)>,
+    /// JetStream syncs every write, as `nimbus up` runs it (the benchmark's setting).
+    pub nats_sync_always: bool,
 }
 
 impl Default for ClusterOpts {
@@ -275,6 +288,7 @@ impl Default for ClusterOpts {
             slots: 8,
             code_store: None,
             env: vec![],
+            nats_sync_always: false,
         }
     }
 }
@@ -400,7 +414,7 @@ pub struct Cluster {
 
 impl Cluster {
     pub async fn start(opts: ClusterOpts) -> Cluster {
-        let nats = Nats::start();
+        let nats = Nats::start_with(opts.nats_sync_always);
         let data = tempfile::tempdir().expect("tempdir");
         let code_store = opts
             .code_store

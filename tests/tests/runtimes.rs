@@ -197,6 +197,89 @@ async fn report_line_measures_memory() {
     cluster.stop();
 }
 
+/// Log records leave a worker in batches (one stream message per function per
+/// flush, not one synced write per invocation), yet every invocation's record is
+/// there once, with its START/END/REPORT, and `limit` returns the newest.
+#[tokio::test]
+async fn logs_keep_every_invocation_once_in_batches() {
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start(ClusterOpts {
+        slots: 16,
+        ..Default::default()
+    })
+    .await;
+    cluster
+        .create_function(
+            "chatty",
+            "python3.12",
+            "app.handler",
+            &python_zip(),
+            json!({}),
+        )
+        .await;
+    let calls = futures::stream::iter(0..48)
+        .map(|i| {
+            let cluster = &cluster;
+            async move {
+                let r = cluster.invoke("chatty", &json!({"name": i})).await;
+                assert_eq!(r.status, 200, "{}", r.text());
+                r.json()["request_id"].as_str().unwrap().to_string()
+            }
+        })
+        .buffer_unordered(16)
+        .collect::<Vec<String>>()
+        .await;
+    let mut invoked = calls.clone();
+    invoked.sort();
+    let events = eventually(Duration::from_secs(20), "48 log records", || async {
+        let doc = cluster
+            .get_json("/nimbus/v1/functions/chatty/logs?limit=1000")
+            .await?;
+        let events = doc["events"].as_array()?.clone();
+        (events.len() >= 48).then_some(events)
+    })
+    .await;
+    let mut logged: Vec<String> = events
+        .iter()
+        .map(|e| e["requestId"].as_str().unwrap().to_string())
+        .collect();
+    logged.sort();
+    assert_eq!(logged, invoked, "each invocation's record once");
+    for e in &events {
+        let text = e["message"].as_str().unwrap();
+        let id = e["requestId"].as_str().unwrap();
+        assert!(text.contains(&format!("START RequestId: {id}")), "{text}");
+        assert!(text.contains("hello from chatty"), "{text}");
+        assert!(text.contains(&format!("REPORT RequestId: {id}")), "{text}");
+    }
+    // `limit` gives the newest records, oldest first, as the full list ends.
+    let last5 = cluster
+        .get_json("/nimbus/v1/functions/chatty/logs?limit=5")
+        .await
+        .expect("logs");
+    let last5: Vec<&serde_json::Value> = last5["events"].as_array().unwrap().iter().collect();
+    assert_eq!(last5.len(), 5);
+    let tail: Vec<&serde_json::Value> = events[events.len() - 5..].iter().collect();
+    assert_eq!(last5, tail);
+    // Fewer stream messages than records: 16 calls at a time share flushes.
+    let nc = cluster.nats_client().await;
+    let js = async_nats::jetstream::new(nc);
+    let stream = js.get_stream("NIMBUS_LOGS").await.expect("logs stream");
+    let mut subjects = stream
+        .info_with_subjects("nimbus.logs.chatty")
+        .await
+        .expect("stream info");
+    let mut messages = 0;
+    while let Some(Ok((_, n))) = subjects.next().await {
+        messages += n;
+    }
+    assert!(
+        (1..48).contains(&messages),
+        "{messages} stream messages for 48 records"
+    );
+    cluster.stop();
+}
+
 #[tokio::test]
 async fn warm_invocations_read_no_storage() {
     let _serial = SERIAL.lock().await;

@@ -13,6 +13,7 @@
 
 pub mod code_cache;
 pub mod instance;
+pub mod log_shipper;
 pub mod pool;
 pub mod runtime_api;
 pub mod sandbox;
@@ -34,6 +35,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::code_cache::{CodeCache, CodeError};
 use crate::instance::{Instance, InstanceError, InstanceKey, Outcome, Runtimes};
+use crate::log_shipper::LogShipper;
 use crate::pool::Pool;
 use crate::sandbox::Sandbox;
 
@@ -67,6 +69,7 @@ struct Worker {
     completions: tokio::sync::OnceCell<async_nats::jetstream::kv::Store>,
     completions_bucket: String,
     subjects: Subjects,
+    logs: LogShipper,
     code: CodeCache,
     pool: Pool,
     sandbox: Arc<dyn Sandbox>,
@@ -117,6 +120,7 @@ pub async fn run(
         nats: nats.clone(),
         completions: tokio::sync::OnceCell::new(),
         completions_bucket: names.completions_bucket(),
+        logs: LogShipper::start(nats.clone(), subjects.clone()),
         subjects,
         code,
         pool: Pool::default(),
@@ -194,6 +198,7 @@ pub async fn run(
     worker.pool.clear();
     worker.heartbeat().await;
     worker.sandbox.cleanup();
+    worker.logs.close().await;
     let _ = nats.flush().await;
     tracing::info!("worker stopped");
     Ok(())
@@ -288,7 +293,7 @@ impl Worker {
             }
             // The log record goes after the reply: it is not on the caller's path.
             if let Some((function, text)) = log {
-                w.publish_log(&function, &reply.request_id, &text).await;
+                w.publish_log(function, &reply.request_id, text).await;
             }
         });
     }
@@ -432,20 +437,15 @@ impl Worker {
         })
     }
 
-    async fn publish_log(&self, function: &str, request_id: &str, text: &str) {
-        let Ok(subject) = self.subjects.logs(function) else {
-            return;
-        };
+    async fn publish_log(&self, function: String, request_id: &str, text: String) {
         let rec = LogRecord {
             v: WIRE_VERSION,
-            function: function.into(),
+            function,
             request_id: request_id.into(),
             timestamp_ms: instance::unix_ms(),
-            text: text.into(),
+            text,
         };
-        if let Err(e) = self.nats.publish(subject, encode(&rec)).await {
-            tracing::warn!(%function, %request_id, error = %e, "log record not published");
-        }
+        self.logs.send(rec).await;
     }
 }
 

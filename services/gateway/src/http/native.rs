@@ -81,7 +81,8 @@ pub async fn download_code(
 }
 
 /// `GET /nimbus/v1/functions/{name}/logs?limit=N`: the last N invocation records
-/// (default 20, at most 1000 — the logs stream keeps 1000 per function).
+/// (default 20, at most 1000 — the logs stream keeps the last 1000 messages per
+/// function, each holding one or more records).
 pub async fn logs(
     State(state): State<Arc<AppState>>,
     Path(raw): Path<String>,
@@ -102,10 +103,16 @@ pub async fn logs(
         .subjects
         .logs(&name)
         .map_err(|e| ApiError::InvalidParameter(e.to_string()))?;
+    // Every message holds at least one record: the last `limit` messages hold the
+    // last `limit` records.
     let raw = read_subject(&state, &state.names.logs_stream(), &subject, limit).await?;
-    let records: Vec<serde_json::Value> = raw
+    let all: Vec<LogRecord> = raw
         .into_iter()
-        .filter_map(|(_, body)| nimbus_proto::decode::<LogRecord>(&body).ok())
+        .filter_map(|(_, body)| nimbus_proto::decode_log_message(&body).ok())
+        .flatten()
+        .collect();
+    let records: Vec<serde_json::Value> = all[all.len().saturating_sub(limit)..]
+        .iter()
         .map(|rec| {
             json!({
                 "timestamp": rec.timestamp_ms,
