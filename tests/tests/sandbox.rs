@@ -389,3 +389,93 @@ async fn an_isolated_network_reaches_only_the_runtime_api() {
     assert_ne!(open["runtime_api"], "127.0.0.1:9001", "{open}");
     cluster.stop();
 }
+
+/// Boxes the worker holds made ahead: inits with `--await` in their command lines
+/// that have not started a function yet (no child).
+fn boxes_waiting() -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            let pid = e.file_name().to_string_lossy().to_string();
+            std::fs::read(e.path().join("cmdline"))
+                .is_ok_and(|c| c.split(|b| *b == 0).any(|a| a == b"--await"))
+                && std::fs::read_to_string(e.path().join(format!("task/{pid}/children")))
+                    .is_ok_and(|c| c.trim().is_empty())
+        })
+        .count()
+}
+
+/// A box made ahead (cgroup `b<n>`, the init waiting for its function) and one made
+/// at the cold start (`i<n>`, with NIMBUS_SANDBOX_BOXES_AHEAD=0) are the same box:
+/// the function's uid, limits, mounts, environment and pid namespace; the worker
+/// makes a new box ahead for each one taken.
+#[tokio::test]
+async fn boxes_made_ahead_match_boxes_made_at_cold_start() {
+    let _serial = SERIAL.lock().await;
+    for ahead in [2usize, 0] {
+        let cluster = Cluster::start(ClusterOpts {
+            env: vec![("NIMBUS_SANDBOX_BOXES_AHEAD".into(), ahead.to_string())],
+            ..Default::default()
+        })
+        .await;
+        let doc = require_box(&cluster).await;
+        let pid_ns = doc["workers"][0]["sandbox"]["pid_namespace"].to_string();
+        assert!(
+            pid_ns.contains(&format!("{ahead} boxes made ahead")),
+            "{pid_ns}"
+        );
+        for (i, memory) in [(1, 256u64), (2, 384)] {
+            if ahead > 0 {
+                // The pool is full again (a taken box is replaced).
+                eventually(Duration::from_secs(10), "boxes made ahead", || async {
+                    (boxes_waiting() == ahead).then_some(())
+                })
+                .await;
+            }
+            let name = format!("ahead{ahead}-{i}");
+            cluster
+                .create_function(
+                    &name,
+                    "python3.12",
+                    "app.probe_box",
+                    &python_zip(),
+                    json!({"MemorySize": memory, "Environment": {"Variables": {"MINE": "mine-value"}}}),
+                )
+                .await;
+            let r = cluster
+                .invoke(&name, &json!({"own": "mine-value", "write_tmp": "x"}))
+                .await;
+            assert_eq!(r.status, 200, "{}", r.text());
+            let probe = r.json();
+            let cgroup = probe["memory_cgroup"].as_str().unwrap_or_default();
+            let leaf = cgroup.rsplit('/').next().unwrap_or_default();
+            let want = if ahead > 0 { 'b' } else { 'i' };
+            assert!(leaf.starts_with(want), "cgroup {cgroup}: {probe}");
+            assert_eq!(
+                probe["memory_limit"].as_u64(),
+                Some(memory * 1024 * 1024),
+                "{probe}"
+            );
+            assert!(probe["uid"].as_u64().unwrap() >= 1_000_000, "{probe}");
+            assert_eq!(probe["pids"], json!([1, 2]), "{probe}");
+            assert_eq!(probe["task_root"], "/var/task", "{probe}");
+            assert_eq!(probe["tmp"], json!(["x"]), "{probe}");
+            assert!(
+                probe["code_write"].as_str().unwrap().contains("Read-only"),
+                "{probe}"
+            );
+            assert_eq!(probe["own_visible"], true, "{probe}");
+            // The output pipe reached the box: the log carries the REPORT.
+            let tail = cluster
+                .invoke_raw(&name, b"{}".to_vec(), &[("X-Amz-Log-Type", "Tail")])
+                .await
+                .log_tail();
+            assert!(tail.contains("REPORT RequestId"), "{tail}");
+        }
+        if ahead == 0 {
+            assert_eq!(boxes_waiting(), 0);
+        }
+        cluster.stop();
+    }
+}

@@ -132,6 +132,7 @@ pub async fn run(
     });
     let mut sub = nats.subscribe(subject.clone()).await?;
     nats.flush().await?;
+    worker.sandbox.prepare_boxes();
     tracing::info!(worker_id = %worker.cfg.worker_id, slots = worker.cfg.slots, %subject, "worker ready");
 
     let tracker = TaskTracker::new();

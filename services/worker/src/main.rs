@@ -63,6 +63,9 @@ struct Args {
     /// `*`: all).
     #[arg(long, env = "NIMBUS_SANDBOX_EGRESS", value_delimiter = ',')]
     sandbox_egress: Vec<String>,
+    /// Boxes kept made ahead of need, so a cold start skips making one (0: none).
+    #[arg(long, env = "NIMBUS_SANDBOX_BOXES_AHEAD", default_value_t = 2)]
+    sandbox_boxes_ahead: usize,
     /// Region reported to functions (`AWS_REGION`).
     #[arg(long, env = "NIMBUS_REGION", default_value = "us-east-1")]
     region: String,
@@ -145,6 +148,7 @@ async fn main_exec() -> anyhow::Result<()> {
                 .map(|f| f.trim().to_string())
                 .filter(|f| !f.is_empty())
                 .collect(),
+            boxes_ahead: args.sandbox_boxes_ahead,
         },
         &worker_id,
         &data_dir,

@@ -198,6 +198,77 @@ async fn spawn_floor(program: &std::path::Path, args: &[&str], n: usize) -> Stat
     stats(&h, started.elapsed())
 }
 
+/// The same runtime program a cold start runs, started bare (no worker, no box)
+/// against a stand-in Runtime API: spawn → its first `GET …/invocation/next`. What a
+/// cold start adds beyond this is the platform's.
+async fn bare_init_floor(
+    program: &std::path::Path,
+    args: &[&str],
+    task_root: &std::path::Path,
+    handler: &str,
+    n: usize,
+) -> Stats {
+    let mut h = hist();
+    let started = Instant::now();
+    for _ in 0..n {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let api = listener.local_addr().unwrap().to_string();
+        let t = Instant::now();
+        let mut child = tokio::process::Command::new(program)
+            .args(args)
+            .env_clear()
+            .envs([
+                ("AWS_LAMBDA_RUNTIME_API", api.as_str()),
+                ("_HANDLER", handler),
+                ("LAMBDA_TASK_ROOT", task_root.to_str().unwrap()),
+                ("AWS_LAMBDA_FUNCTION_NAME", "bare"),
+                ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128"),
+                ("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST"),
+                ("AWS_LAMBDA_LOG_GROUP_NAME", "/aws/lambda/bare"),
+                ("AWS_LAMBDA_LOG_STREAM_NAME", "bare"),
+                ("AWS_REGION", "us-east-1"),
+                ("PATH", "/usr/local/bin:/usr/bin:/bin"),
+                ("LANG", "C.UTF-8"),
+                ("TZ", ":UTC"),
+                ("PYTHONUNBUFFERED", "1"),
+            ])
+            .current_dir(task_root)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("{}: {e}", program.display()));
+        let first = tokio::time::timeout(Duration::from_secs(10), async {
+            let (mut conn, _) = listener.accept().await?;
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 1024];
+            while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = conn.read(&mut chunk).await?;
+                if n == 0 {
+                    break;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            std::io::Result::Ok(buf)
+        })
+        .await;
+        let elapsed = t.elapsed();
+        let request = first
+            .unwrap_or_else(|_| panic!("{} never asked for work", program.display()))
+            .unwrap();
+        assert!(
+            request.starts_with(b"GET /2018-06-01/runtime/invocation/next"),
+            "{}: {}",
+            program.display(),
+            String::from_utf8_lossy(&request)
+        );
+        let _ = h.record(elapsed.as_micros().max(1) as u64);
+        let _ = child.kill().await;
+    }
+    stats(&h, started.elapsed())
+}
+
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -216,6 +287,8 @@ async fn main() {
     eprintln!("starting a local cluster from {}", bin_dir().display());
     let cluster = Cluster::start(ClusterOpts {
         slots: 64,
+        // JetStream as `nimbus up` runs it: every write synced to disk.
+        nats_sync_always: true,
         ..Default::default()
     })
     .await;
@@ -337,6 +410,43 @@ async fn main() {
         &spawn_py,
         None,
     );
+    // The cold-start functions' own programs, bare.
+    let bare_dir = tempfile::tempdir().unwrap();
+    let native_bin = bin_dir().join("rust-echo-function");
+    std::fs::write(
+        bare_dir.path().join("app.py"),
+        std::fs::read(workspace_root().join("tests/fixtures/python/app.py")).unwrap(),
+    )
+    .unwrap();
+    let py_bootstrap = workspace_root().join("services/worker/src/runtimes/python_bootstrap.py");
+    let bare_native = bare_init_floor(
+        &native_bin,
+        &[],
+        bare_dir.path(),
+        "bootstrap",
+        30 / scale.min(5),
+    )
+    .await;
+    let bare_py = bare_init_floor(
+        &py,
+        &[py_bootstrap.to_str().unwrap()],
+        bare_dir.path(),
+        "app.noop",
+        20 / scale.min(5),
+    )
+    .await;
+    out.rec(
+        "floor_bare_init_native",
+        "floor: the native function's bootstrap run bare, spawn → first /next",
+        &bare_native,
+        None,
+    );
+    out.rec(
+        "floor_bare_init_python",
+        "floor: the Python bootstrap + handler run bare, spawn → first /next",
+        &bare_py,
+        None,
+    );
 
     // ---- Nimbus ----
     let idle = json!({
@@ -437,15 +547,23 @@ async fn main() {
     });
 
     // Cold starts: a new function each time, code already cached on the worker.
-    for (key, runtime, handler, zip, floor) in [
+    for (key, runtime, handler, zip, floor, bare) in [
         (
             "native",
             "provided.al2023",
             "bootstrap",
             rust_zip(),
             &spawn_native,
+            &bare_native,
         ),
-        ("python", "python3.12", "app.noop", python_zip(), &spawn_py),
+        (
+            "python",
+            "python3.12",
+            "app.noop",
+            python_zip(),
+            &spawn_py,
+            &bare_py,
+        ),
     ] {
         let mut h = hist();
         let mut init = hist();
@@ -481,6 +599,19 @@ async fn main() {
         out.report.insert(
             format!("cold_{key}_init_p50_ms"),
             json!(init.value_at_quantile(0.5) as f64 / 1000.0),
+        );
+        // Init Duration (spawn → first /next in the worker) against the same
+        // program started bare: the box and the worker's part of a cold start.
+        let init_stats = stats(&init, started.elapsed());
+        out.rec(
+            &format!("cold_{key}_init"),
+            &format!("cold start Init Duration, {key}, vs the same program bare"),
+            &init_stats,
+            Some(bare),
+        );
+        out.report.insert(
+            format!("cold_{key}_init_over_bare_ms"),
+            json!(init_stats.p50_ms - bare.p50_ms),
         );
     }
 

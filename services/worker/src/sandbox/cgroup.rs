@@ -137,25 +137,18 @@ impl Cgroups {
     }
 
     /// Creates the cgroup of instance `id` with `limits`.
-    pub fn create(&self, id: u64, limits: Limits) -> std::io::Result<InstanceCgroup> {
-        let name = format!("i{id}");
-        let memory = u64::from(limits.memory_mb) * 1024 * 1024;
-        // CPU in proportion to memory, as Lambda gives one vCPU at 1,769 MB.
-        let share = (u64::from(limits.memory_mb) * 1024 / 1769).max(2);
+    pub fn create(&self, name: &str, limits: Limits) -> std::io::Result<InstanceCgroup> {
         let cg = match &self.mode {
             Mode::V2 { parent } => {
-                let dir = parent.join(&name);
+                let dir = parent.join(name);
                 mkdir_fresh(&dir)?;
-                std::fs::write(dir.join("memory.max"), memory.to_string())?;
                 let _ = std::fs::write(dir.join("memory.swap.max"), "0");
-                std::fs::write(dir.join("pids.max"), limits.pids_max.to_string())?;
-                let weight = (share * 100 / 1024).clamp(1, 10_000);
-                let _ = std::fs::write(dir.join("cpu.weight"), weight.to_string());
                 InstanceCgroup {
                     v2: true,
                     memory: dir.clone(),
                     pids: dir.clone(),
                     freezer: None,
+                    cpu: Some(dir.clone()),
                     dirs: vec![dir],
                 }
             }
@@ -165,39 +158,40 @@ impl Cgroups {
                 freezer: f,
                 cpu: c,
             } => {
-                let mem = m.join(&name);
-                let pids = p.join(&name);
+                let mem = m.join(name);
+                let pids = p.join(name);
                 mkdir_fresh(&mem)?;
                 mkdir_fresh(&pids)?;
                 let mut dirs = vec![mem.clone(), pids.clone()];
-                std::fs::write(mem.join("memory.limit_in_bytes"), memory.to_string())?;
-                // No swapping past the limit where swap is accounted.
-                let _ = std::fs::write(mem.join("memory.memsw.limit_in_bytes"), memory.to_string());
-                std::fs::write(pids.join("pids.max"), limits.pids_max.to_string())?;
                 let freezer = match f {
                     Some(f) => {
-                        let d = f.join(&name);
+                        let d = f.join(name);
                         mkdir_fresh(&d)?;
                         dirs.push(d.clone());
                         Some(d)
                     }
                     None => None,
                 };
-                if let Some(c) = c {
-                    let d = c.join(&name);
-                    mkdir_fresh(&d)?;
-                    let _ = std::fs::write(d.join("cpu.shares"), share.to_string());
-                    dirs.push(d);
-                }
+                let cpu = match c {
+                    Some(c) => {
+                        let d = c.join(name);
+                        mkdir_fresh(&d)?;
+                        dirs.push(d.clone());
+                        Some(d)
+                    }
+                    None => None,
+                };
                 InstanceCgroup {
                     v2: false,
                     memory: mem,
                     pids,
                     freezer,
+                    cpu,
                     dirs,
                 }
             }
         };
+        cg.set_limits(limits)?;
         Ok(cg)
     }
 }
@@ -209,10 +203,40 @@ pub struct InstanceCgroup {
     memory: PathBuf,
     pids: PathBuf,
     freezer: Option<PathBuf>,
+    cpu: Option<PathBuf>,
     dirs: Vec<PathBuf>,
 }
 
 impl InstanceCgroup {
+    /// Sets the memory, pids and CPU limits (again, for a box made before its
+    /// function was known: a few writes).
+    pub fn set_limits(&self, limits: Limits) -> std::io::Result<()> {
+        let memory = u64::from(limits.memory_mb) * 1024 * 1024;
+        // CPU in proportion to memory, as Lambda gives one vCPU at 1,769 MB.
+        let share = (u64::from(limits.memory_mb) * 1024 / 1769).max(2);
+        if self.v2 {
+            std::fs::write(self.memory.join("memory.max"), memory.to_string())?;
+            std::fs::write(self.pids.join("pids.max"), limits.pids_max.to_string())?;
+            let weight = (share * 100 / 1024).clamp(1, 10_000);
+            let _ = std::fs::write(self.memory.join("cpu.weight"), weight.to_string());
+            return Ok(());
+        }
+        // memory+swap may never be below memory: raise it first, lower it last.
+        let memsw = self.memory.join("memory.memsw.limit_in_bytes");
+        let _ = std::fs::write(&memsw, "-1");
+        std::fs::write(
+            self.memory.join("memory.limit_in_bytes"),
+            memory.to_string(),
+        )?;
+        // No swapping past the limit where swap is accounted.
+        let _ = std::fs::write(&memsw, memory.to_string());
+        std::fs::write(self.pids.join("pids.max"), limits.pids_max.to_string())?;
+        if let Some(cpu) = &self.cpu {
+            let _ = std::fs::write(cpu.join("cpu.shares"), share.to_string());
+        }
+        Ok(())
+    }
+
     /// `cgroup.procs` of every hierarchy, opened for the child to write `0` into
     /// (which moves the writer) between fork and exec.
     pub fn join_files(&self) -> std::io::Result<Vec<File>> {

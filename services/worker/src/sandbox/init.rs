@@ -14,6 +14,13 @@
 //! With a network namespace of its own (the spawn unshares that too), pid 1 brings
 //! up loopback and relays `127.0.0.1:9001` to the worker's Runtime API socket.
 //!
+//! A box can also be made before its function is known ([`AWAIT_ARG`]): the init
+//! then waits, already in its cgroup and namespaces, for an [`Order`] — the
+//! function's uid, program, environment, code and output pipe — and goes on as
+//! above. Moving a process into a cgroup costs an RCU grace period (~10 ms on the
+//! project machine, most of a native cold start); a box made ahead pays it off the
+//! invocation's path.
+//!
 //! It runs before the worker's async runtime starts (a single thread, so `fork` is
 //! safe) and never returns.
 
@@ -28,6 +35,82 @@ use nix::unistd::{ForkResult, Pid, fork};
 /// up loopback, listens on `127.0.0.1:<port>` and relays each connection to the
 /// Unix socket `<name>` in the directory open as `<fd>` (the worker's Runtime API).
 pub const INIT_ARG: &str = "__nimbus-box-init";
+
+/// `… __nimbus-box-init --await <fd>`: a box made ahead; its [`Order`] arrives on
+/// the Unix seqpacket socket `<fd>`, with the output pipe as the message's one
+/// descriptor. The socket closing first means the box was not needed: exit 0.
+pub const AWAIT_ARG: &str = "--await";
+
+/// What a box made ahead runs, once its function is known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Order {
+    pub uid: Option<u32>,
+    /// `RLIMIT_AS`, which depends on the function's memory.
+    pub as_limit: u64,
+    pub tmp_mb: u32,
+    /// Host paths bind-mounted read-only at `/var/task` and `/var/runtime`.
+    pub code: String,
+    pub runtime: String,
+    pub program: String,
+    pub args: Vec<String>,
+    /// `KEY=VALUE`: the runtime's whole environment.
+    pub env: Vec<String>,
+}
+
+impl Order {
+    /// NUL-terminated fields: uid (`-`: none), as_limit, tmp_mb, code, runtime,
+    /// program, the number of args, the args, then the environment.
+    pub fn encode(&self) -> Result<Vec<u8>, String> {
+        let mut out = Vec::new();
+        let fields = [
+            self.uid.map_or("-".to_string(), |u| u.to_string()),
+            self.as_limit.to_string(),
+            self.tmp_mb.to_string(),
+            self.code.clone(),
+            self.runtime.clone(),
+            self.program.clone(),
+            self.args.len().to_string(),
+        ];
+        for f in fields.iter().chain(&self.args).chain(&self.env) {
+            if f.contains('\0') {
+                return Err(format!("NUL in {f:?}"));
+            }
+            out.extend_from_slice(f.as_bytes());
+            out.push(0);
+        }
+        Ok(out)
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Order, String> {
+        let body = bytes.strip_suffix(&[0]).unwrap_or(bytes);
+        let mut f = body
+            .split(|b| *b == 0)
+            .map(|s| String::from_utf8_lossy(s).into_owned());
+        let mut next = |what: &str| f.next().ok_or_else(|| format!("order without {what}"));
+        let uid = match next("uid")?.as_str() {
+            "-" => None,
+            u => Some(u.parse().map_err(|_| format!("bad uid {u:?}"))?),
+        };
+        let as_limit = next("as_limit")?.parse().map_err(|_| "bad as_limit")?;
+        let tmp_mb = next("tmp_mb")?.parse().map_err(|_| "bad tmp_mb")?;
+        let code = next("code")?;
+        let runtime = next("runtime")?;
+        let program = next("program")?;
+        let nargs: usize = next("nargs")?.parse().map_err(|_| "bad nargs")?;
+        let args = (0..nargs).map(|_| next("arg")).collect::<Result<_, _>>()?;
+        let env = f.collect();
+        Ok(Order {
+            uid,
+            as_limit,
+            tmp_mb,
+            code,
+            runtime,
+            program,
+            args,
+            env,
+        })
+    }
+}
 
 /// The relay argument for [`INIT_ARG`].
 pub fn relay_arg(port: u16, dir_fd: i32, name: &str) -> String {
@@ -47,7 +130,12 @@ pub fn run(args: &[String]) -> ! {
         println!("nimbus-box-init {}", env!("CARGO_PKG_VERSION"));
         std::process::exit(0);
     }
-    match try_run(args) {
+    let result = if args.first().map(String::as_str) == Some(AWAIT_ARG) {
+        await_order(args.get(1).map(String::as_str).unwrap_or(""))
+    } else {
+        try_run(args)
+    };
+    match result {
         Ok(never) => match never {},
         Err(e) => {
             eprintln!("nimbus box init: {e}");
@@ -87,6 +175,82 @@ fn try_run(args: &[String]) -> Result<Never, String> {
         .chain(rest)
         .map(|a| CString::new(a.as_bytes()).map_err(|_| format!("NUL in {a:?}")))
         .collect::<Result<_, _>>()?;
+    fork_pid_one(uid, relay, argv, None, None)
+}
+
+/// A box made ahead: waits for its order on the socket `fd`.
+fn await_order(fd: &str) -> Result<Never, String> {
+    use std::io::IoSliceMut;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+    let fd: i32 = fd.parse().map_err(|_| format!("bad socket fd {fd:?}"))?;
+    // SAFETY: the worker handed this descriptor to us for this purpose.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    let (len, output) = loop {
+        let mut iov = [IoSliceMut::new(&mut buf)];
+        match recvmsg::<()>(
+            sock.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        ) {
+            Ok(msg) => {
+                let fds: Vec<i32> = msg
+                    .cmsgs()
+                    .map_err(|e| format!("order: {e}"))?
+                    .filter_map(|c| match c {
+                        ControlMessageOwned::ScmRights(fds) => Some(fds),
+                        _ => None,
+                    })
+                    .flatten()
+                    .collect();
+                break (msg.bytes, fds.first().copied());
+            }
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(format!("waiting for the order: {e}")),
+        }
+    };
+    if len == 0 {
+        std::process::exit(0); // the worker closed the box unused
+    }
+    let order = Order::decode(&buf[..len])?;
+    let output = output.ok_or("order without its output descriptor")?;
+    drop(sock);
+    // SAFETY: descriptors we own; stdout and stderr become the instance's pipe.
+    unsafe {
+        if nix::libc::dup2(output, 1) < 0 || nix::libc::dup2(output, 2) < 0 {
+            return Err(format!("dup2: {}", std::io::Error::last_os_error()));
+        }
+        nix::libc::close(output);
+    }
+    use nix::sys::resource::{Resource, setrlimit};
+    setrlimit(Resource::RLIMIT_AS, order.as_limit, order.as_limit)
+        .map_err(|e| format!("RLIMIT_AS: {e}"))?;
+    let cstr = |a: &str| CString::new(a.as_bytes()).map_err(|_| format!("NUL in {a:?}"));
+    let argv: Vec<CString> = std::iter::once(&order.program)
+        .chain(&order.args)
+        .map(|a| cstr(a))
+        .collect::<Result<_, _>>()?;
+    let envp: Vec<CString> = order
+        .env
+        .iter()
+        .map(|e| cstr(e))
+        .collect::<Result<_, _>>()?;
+    let mounts = super::MountPlan::new(order.tmp_mb, cstr(&order.code)?, cstr(&order.runtime)?);
+    fork_pid_one(order.uid, None, argv, Some(envp), Some(mounts))
+}
+
+/// The outer init: forks pid 1 of the namespace, waits for it and ends like it.
+fn fork_pid_one(
+    uid: Option<u32>,
+    relay: Option<Relay>,
+    argv: Vec<CString>,
+    envp: Option<Vec<CString>>,
+    mounts: Option<super::MountPlan>,
+) -> Result<Never, String> {
     // SAFETY: single-threaded (the async runtime has not started).
     match unsafe { fork() }.map_err(|e| format!("fork: {e}"))? {
         ForkResult::Parent { child } => exit_like(match wait_for(child) {
@@ -99,12 +263,18 @@ fn try_run(args: &[String]) -> Result<Never, String> {
             }
             other => other,
         }),
-        ForkResult::Child => pid_one(uid, relay, &argv),
+        ForkResult::Child => pid_one(uid, relay, &argv, envp.as_deref(), mounts.as_ref()),
     }
 }
 
 /// Pid 1 of the namespace.
-fn pid_one(uid: Option<u32>, relay: Option<Relay>, argv: &[CString]) -> Result<Never, String> {
+fn pid_one(
+    uid: Option<u32>,
+    relay: Option<Relay>,
+    argv: &[CString],
+    envp: Option<&[CString]>,
+    mounts: Option<&super::MountPlan>,
+) -> Result<Never, String> {
     let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
     // Only ever inside a box: run by hand, the mounts below would land on the host.
     if nix::unistd::getpid().as_raw() != 1 {
@@ -112,6 +282,11 @@ fn pid_one(uid: Option<u32>, relay: Option<Relay>, argv: &[CString]) -> Result<N
             "not pid 1 of a new pid namespace: the box's init runs only in a box the worker made"
                 .into(),
         );
+    }
+    // A box made ahead gets its function's mounts now (its mount namespace is
+    // already private).
+    if let Some(plan) = mounts {
+        super::mount_box(plan).map_err(|e| format!("mounting the box: {e}"))?;
     }
     use nix::mount::{MsFlags, mount};
     const NONE: Option<&'static std::ffi::CStr> = None;
@@ -148,7 +323,7 @@ fn pid_one(uid: Option<u32>, relay: Option<Relay>, argv: &[CString]) -> Result<N
     // SAFETY: still single-threaded.
     let runtime = match unsafe { fork() }.map_err(|e| format!("fork: {e}"))? {
         ForkResult::Child => {
-            let e = become_function(uid, argv);
+            let e = become_function(uid, argv, envp);
             eprintln!("nimbus box init: cannot start {:?}: {e}", argv[0]);
             // SAFETY: leave without running the parent's exit handlers.
             unsafe { nix::libc::_exit(127) }
@@ -171,14 +346,21 @@ fn pid_one(uid: Option<u32>, relay: Option<Relay>, argv: &[CString]) -> Result<N
 
 /// In the runtime's process: the function's identity, then exec. Returns only on
 /// failure.
-fn become_function(uid: Option<u32>, argv: &[CString]) -> nix::errno::Errno {
+fn become_function(
+    uid: Option<u32>,
+    argv: &[CString],
+    envp: Option<&[CString]>,
+) -> nix::errno::Errno {
     let step = || -> nix::Result<std::convert::Infallible> {
         if let Some(uid) = uid {
             super::become_uid(uid)?;
         }
         // After the uid change: changing credentials clears it.
         nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
-        nix::unistd::execv(&argv[0], argv)
+        match envp {
+            Some(envp) => nix::unistd::execve(&argv[0], argv, envp),
+            None => nix::unistd::execv(&argv[0], argv),
+        }
     };
     match step() {
         Ok(never) => match never {},
@@ -283,5 +465,38 @@ fn exit_like(status: WaitStatus) -> ! {
         }
         WaitStatus::Exited(_, code) => std::process::exit(code),
         _ => std::process::exit(126),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Order;
+
+    #[test]
+    fn orders_round_trip_and_refuse_nul() {
+        let order = Order {
+            uid: Some(1_000_123),
+            as_limit: 8 << 30,
+            tmp_mb: 512,
+            code: "/data/code/abc".into(),
+            runtime: "/data/runtimes".into(),
+            program: "/var/task/bootstrap".into(),
+            args: vec!["a b".into(), String::new()],
+            env: vec!["A=1".into(), "MULTI=line\nline".into(), "EMPTY=".into()],
+        };
+        assert_eq!(Order::decode(&order.encode().unwrap()).unwrap(), order);
+        let none = Order {
+            uid: None,
+            args: vec![],
+            env: vec![],
+            ..order.clone()
+        };
+        assert_eq!(Order::decode(&none.encode().unwrap()).unwrap(), none);
+        let bad = Order {
+            env: vec!["X=a\0b".into()],
+            ..order
+        };
+        assert!(bad.encode().is_err());
+        assert!(Order::decode(b"-\x008\x00").is_err());
     }
 }

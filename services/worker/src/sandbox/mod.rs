@@ -33,7 +33,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use nix::mount::MsFlags;
 use nix::sys::signal::{Signal, killpg};
@@ -66,6 +67,10 @@ pub struct SandboxConfig {
     pub isolate_network: bool,
     /// Functions (`*`: all) that keep the worker's network when it is isolated.
     pub egress: Vec<String>,
+    /// Boxes kept made ahead of need (cgroup joined, namespaces entered, init
+    /// waiting): a cold start takes one instead of paying for the cgroup move on
+    /// its path. 0: every box is made at its cold start.
+    pub boxes_ahead: usize,
 }
 
 /// What to start. Paths are host paths; [`Sandbox::paths`] says where they appear
@@ -186,6 +191,10 @@ pub trait Sandbox: Send + Sync + 'static {
     fn isolates_network(&self, _function: &str) -> bool {
         false
     }
+
+    /// Starts making boxes ahead of need, where the box supports it (from within
+    /// the async runtime).
+    fn prepare_boxes(&self) {}
 }
 
 /// Per-function uids: a function keeps its uid for the worker's life; two functions
@@ -225,7 +234,7 @@ impl UidTable {
 pub struct ProcessSandbox {
     cfg: SandboxConfig,
     uids: Option<Mutex<UidTable>>,
-    cgroups: Option<Cgroups>,
+    cgroups: Option<Arc<Cgroups>>,
     mount_ns: bool,
     /// Each instance in its own pid namespace under [`init`] (needs `mount_ns`).
     pid_ns: bool,
@@ -233,6 +242,9 @@ pub struct ProcessSandbox {
     init: InitProgram,
     /// Network namespaces are possible and asked for (needs `pid_ns`).
     net_ns: bool,
+    /// Boxes made ahead (with uids, cgroups and both namespaces, and
+    /// `boxes_ahead` > 0).
+    pool: Option<Arc<BoxPool>>,
     report: BTreeMap<String, String>,
 }
 
@@ -252,7 +264,9 @@ impl ProcessSandbox {
             );
             (Err(off(&why)), Err(off(&why)), Err(off(&why)))
         } else {
-            let cgroups = Cgroups::detect(worker_id).map_err(|e| off(&e));
+            let cgroups = Cgroups::detect(worker_id)
+                .map(Arc::new)
+                .map_err(|e| off(&e));
             let mount_ns = probe_mount_namespace(cfg.tmp_mb).map_err(|e| off(&e));
             // Without our own mounts, the code must be reachable by other uids where
             // it lies; with them, the data dir can be closed to everyone.
@@ -316,8 +330,13 @@ impl ProcessSandbox {
             "pid_namespace".to_string(),
             match &pid_ns {
                 Ok(()) => format!(
-                    "on: an instance sees only its own processes; they all end with it (init: {})",
-                    init.program.display()
+                    "on: an instance sees only its own processes; they all end with it (init: {}; {} boxes made ahead)",
+                    init.program.display(),
+                    if uid_ok.is_ok() && cgroups.is_ok() {
+                        cfg.boxes_ahead
+                    } else {
+                        0
+                    },
                 ),
                 Err(e) => e.clone(),
             },
@@ -344,7 +363,7 @@ impl ProcessSandbox {
             }
         }
         Self {
-            uids: uid_ok.ok().map(|()| {
+            uids: uid_ok.as_ref().ok().map(|()| {
                 Mutex::new(UidTable {
                     base: cfg.uid_base,
                     count: cfg.uid_count,
@@ -352,6 +371,20 @@ impl ProcessSandbox {
                     taken: HashMap::new(),
                 })
             }),
+            pool: match (&cgroups, &uid_ok, &pid_ns) {
+                (Ok(cg), Ok(()), Ok(())) if cfg.boxes_ahead > 0 => Some(Arc::new(BoxPool {
+                    cgroups: cg.clone(),
+                    init: init.clone(),
+                    pids_max: cfg.pids_max,
+                    target: cfg.boxes_ahead,
+                    ready: Mutex::new(Vec::new()),
+                    making: AtomicUsize::new(0),
+                    closed: AtomicBool::new(false),
+                    next: AtomicU64::new(1),
+                    failures: AtomicU64::new(0),
+                })),
+                _ => None,
+            },
             cgroups: cgroups.ok(),
             mount_ns: mount_ns.is_ok(),
             pid_ns: pid_ns.is_ok(),
@@ -365,7 +398,7 @@ impl ProcessSandbox {
 
 /// Mount points inside the box, prepared before fork (nothing is allocated between
 /// fork and exec).
-struct MountPlan {
+pub(crate) struct MountPlan {
     tmp_data: CString,
     shm: bool,
     code: CString,
@@ -373,7 +406,7 @@ struct MountPlan {
 }
 
 impl MountPlan {
-    fn new(tmp_mb: u32, code: CString, runtime: CString) -> Self {
+    pub(crate) fn new(tmp_mb: u32, code: CString, runtime: CString) -> Self {
         Self {
             tmp_data: CString::new(format!("size={tmp_mb}m,mode=1777")).expect("no NUL"),
             shm: Path::new("/dev/shm").is_dir(),
@@ -408,7 +441,16 @@ impl Sandbox for ProcessSandbox {
         self.net_ns && !self.cfg.egress.iter().any(|f| f == "*" || f == function)
     }
 
+    fn prepare_boxes(&self) {
+        if let Some(pool) = &self.pool {
+            pool.refill();
+        }
+    }
+
     fn cleanup(&self) {
+        if let Some(pool) = &self.pool {
+            pool.close();
+        }
         if let Some(cg) = &self.cgroups {
             cg.remove();
         }
@@ -439,10 +481,26 @@ impl Sandbox for ProcessSandbox {
             std::fs::set_permissions(&spec.tmp_dir, std::fs::Permissions::from_mode(0o700))
                 .map_err(|e| SandboxError::Setup(format!("chmod scratch: {e}")))?;
         }
+        if let Some(pool) = &self.pool
+            && spec.runtime_api_socket.is_none()
+        {
+            let taken = pool.take();
+            pool.refill();
+            if let Some(ready) = taken {
+                match ready.start(spec, uid, &output, &self.cfg) {
+                    Ok(boxed) => return Ok(boxed),
+                    Err(e) => tracing::warn!(
+                        function = %spec.function,
+                        error = %e,
+                        "a box made ahead failed; making one now"
+                    ),
+                }
+            }
+        }
         let cgroup = match &self.cgroups {
             Some(cg) => Some(
                 cg.create(
-                    spec.instance_id,
+                    &format!("i{}", spec.instance_id),
                     Limits {
                         memory_mb: spec.memory_mb,
                         pids_max: self.cfg.pids_max,
@@ -528,12 +586,7 @@ impl Sandbox for ProcessSandbox {
         if plan.is_none() {
             cmd.current_dir(&spec.code_dir);
         }
-        // Backstop against runaway address space; generous because V8 and
-        // multi-threaded runtimes reserve far more than they use. The memory limit
-        // proper is the cgroup's.
-        let as_limit = (u64::from(spec.memory_mb) * 1024 * 1024)
-            .saturating_mul(16)
-            .max(8 << 30);
+        let as_limit = as_limit(spec.memory_mb);
         // SAFETY: `pre_exec` runs in the forked child before exec. Everything it uses
         // was prepared before the fork; it makes system calls only (write, unshare,
         // mount, chdir, set*id, prctl, setrlimit) and allocates nothing.
@@ -586,9 +639,212 @@ impl Sandbox for ProcessSandbox {
     }
 }
 
+/// Backstop against runaway address space; generous because V8 and multi-threaded
+/// runtimes reserve far more than they use. The memory limit proper is the cgroup's.
+fn as_limit(memory_mb: u32) -> u64 {
+    (u64::from(memory_mb) * 1024 * 1024)
+        .saturating_mul(16)
+        .max(8 << 30)
+}
+
+/// The largest `MemorySize` (Lambda's): a box made ahead has it until its
+/// function's is known.
+const MAX_MEMORY_MB: u32 = 10_240;
+
+/// Boxes made ahead of need. Making one moves a process into a new cgroup, which
+/// costs an RCU grace period (~10 ms here) whatever the process; made ahead, a cold
+/// start skips it, and the namespaces and the init's exec too.
+struct BoxPool {
+    cgroups: Arc<Cgroups>,
+    init: InitProgram,
+    pids_max: u32,
+    target: usize,
+    ready: Mutex<Vec<ReadyBox>>,
+    making: AtomicUsize,
+    closed: AtomicBool,
+    next: AtomicU64,
+    failures: AtomicU64,
+}
+
+/// A box whose init waits for its [`init::Order`].
+struct ReadyBox {
+    child: tokio::process::Child,
+    handle: Arc<SandboxHandle>,
+    control: OwnedFd,
+}
+
+impl BoxPool {
+    fn take(&self) -> Option<ReadyBox> {
+        self.ready.lock().expect("lock poisoned").pop()
+    }
+
+    /// Makes boxes (on blocking threads) until `target` are ready or being made.
+    fn refill(self: &Arc<Self>) {
+        if self.closed.load(Ordering::SeqCst) {
+            return;
+        }
+        let have = self.ready.lock().expect("lock poisoned").len();
+        let making = self.making.load(Ordering::SeqCst);
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        for _ in (have + making)..self.target {
+            self.making.fetch_add(1, Ordering::SeqCst);
+            let pool = self.clone();
+            rt.spawn_blocking(move || {
+                let made = pool.make();
+                pool.making.fetch_sub(1, Ordering::SeqCst);
+                match made {
+                    Ok(b) if !pool.closed.load(Ordering::SeqCst) => {
+                        pool.ready.lock().expect("lock poisoned").push(b);
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        if pool.failures.fetch_add(1, Ordering::SeqCst) == 0 {
+                            tracing::warn!(error = %e, "cannot make a box ahead; boxes are made at cold start");
+                        }
+                    }
+                }
+            });
+        }
+    }
+
+    fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        self.ready.lock().expect("lock poisoned").clear();
+    }
+
+    /// A cgroup with the largest limits, the init in it, in a private mount
+    /// namespace and about to be pid 1's parent, waiting for its order.
+    fn make(&self) -> Result<ReadyBox, SandboxError> {
+        use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
+        let setup =
+            |what: &str, e: &dyn std::fmt::Display| SandboxError::Setup(format!("{what}: {e}"));
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let cgroup = self
+            .cgroups
+            .create(
+                &format!("b{n}"),
+                Limits {
+                    memory_mb: MAX_MEMORY_MB,
+                    pids_max: self.pids_max,
+                },
+            )
+            .map_err(|e| setup("cgroup", &e))?;
+        let join = cgroup.join_files().map_err(|e| setup("cgroup", &e))?;
+        let join_fds: Vec<i32> = join.iter().map(AsRawFd::as_raw_fd).collect();
+        let (ours, theirs) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .map_err(|e| setup("socketpair", &e))?;
+        let theirs_fd = theirs.as_raw_fd();
+        let mut cmd = tokio::process::Command::new(&self.init.program);
+        cmd.args(&self.init.args)
+            .arg(init::AWAIT_ARG)
+            .arg(theirs_fd.to_string())
+            .env_clear()
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .kill_on_drop(true);
+        // SAFETY: as in `spawn`: system calls only, on what was prepared before.
+        unsafe {
+            cmd.pre_exec(move || {
+                use nix::sys::resource::{Resource, setrlimit};
+                for fd in &join_fds {
+                    nix::unistd::write(BorrowedFd::borrow_raw(*fd), b"0")?;
+                }
+                private_mounts()?;
+                nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWPID)?;
+                if nix::libc::fcntl(theirs_fd, nix::libc::F_SETFD, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                setrlimit(Resource::RLIMIT_NOFILE, 1024, 1024)?;
+                setrlimit(Resource::RLIMIT_CORE, 0, 0)?;
+                nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().map_err(|e| setup("starting the init", &e))?;
+        drop(join);
+        drop(theirs);
+        Ok(ReadyBox {
+            handle: Arc::new(SandboxHandle {
+                pid: child.id().unwrap_or_default(),
+                pid_ns: true,
+                cgroup: Some(cgroup),
+            }),
+            child,
+            control: ours,
+        })
+    }
+}
+
+impl ReadyBox {
+    /// Gives the box its function: limits, then the order with the output pipe.
+    fn start(
+        self,
+        spec: &SandboxSpec,
+        uid: Option<u32>,
+        output: &OwnedFd,
+        cfg: &SandboxConfig,
+    ) -> Result<Sandboxed, SandboxError> {
+        use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+        let setup =
+            |what: &str, e: &dyn std::fmt::Display| SandboxError::Setup(format!("{what}: {e}"));
+        if let Some(cg) = &self.handle.cgroup {
+            cg.set_limits(Limits {
+                memory_mb: spec.memory_mb,
+                pids_max: cfg.pids_max,
+            })
+            .map_err(|e| setup("cgroup limits", &e))?;
+        }
+        let text = |p: &Path| {
+            p.to_str()
+                .map(str::to_string)
+                .ok_or_else(|| SandboxError::Setup(format!("{} is not UTF-8", p.display())))
+        };
+        let order = init::Order {
+            uid,
+            as_limit: as_limit(spec.memory_mb),
+            tmp_mb: cfg.tmp_mb,
+            code: text(&spec.code_dir)?,
+            runtime: text(&spec.runtime_dir)?,
+            program: text(&spec.program)?,
+            args: spec.args.clone(),
+            env: spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+        }
+        .encode()
+        .map_err(SandboxError::Setup)?;
+        let fds = [output.as_raw_fd()];
+        sendmsg::<()>(
+            self.control.as_raw_fd(),
+            &[std::io::IoSlice::new(&order)],
+            &[ControlMessage::ScmRights(&fds)],
+            MsgFlags::MSG_NOSIGNAL,
+            None,
+        )
+        .map_err(|e| setup("handing the box its function", &e))?;
+        Ok(Sandboxed {
+            child: self.child,
+            handle: self.handle,
+        })
+    }
+}
+
 /// In the child: a mount namespace of its own with a private `/tmp`, and the code and
 /// runtime bind-mounted read-only.
 fn enter_mounts(p: &MountPlan) -> std::io::Result<()> {
+    private_mounts()?;
+    mount_box(p)
+}
+
+/// A mount namespace of our own, nothing in it propagating back to the host.
+fn private_mounts() -> std::io::Result<()> {
     use nix::mount::mount;
     const NONE: Option<&'static std::ffi::CStr> = None;
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)?;
@@ -599,6 +855,14 @@ fn enter_mounts(p: &MountPlan) -> std::io::Result<()> {
         MsFlags::MS_REC | MsFlags::MS_PRIVATE,
         NONE,
     )?;
+    Ok(())
+}
+
+/// In a private mount namespace: the box's mounts (code, runtime, `/tmp`,
+/// `/dev/shm`), then `/var/task` as the working directory.
+pub(crate) fn mount_box(p: &MountPlan) -> std::io::Result<()> {
+    use nix::mount::mount;
+    const NONE: Option<&'static std::ffi::CStr> = None;
     // Binds first: the sources may lie under /tmp, which the tmpfs then hides.
     for (src, dst) in [(&p.code, c"/var/task"), (&p.runtime, c"/var/runtime")] {
         mount(
