@@ -9,6 +9,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
@@ -150,6 +151,8 @@ impl Cgroups {
                     freezer: None,
                     cpu: Some(dir.clone()),
                     dirs: vec![dir],
+                    peak_file: OnceLock::new(),
+                    events_file: OnceLock::new(),
                 }
             }
             Mode::V1 {
@@ -188,6 +191,8 @@ impl Cgroups {
                     freezer,
                     cpu,
                     dirs,
+                    peak_file: OnceLock::new(),
+                    events_file: OnceLock::new(),
                 }
             }
         };
@@ -205,6 +210,10 @@ pub struct InstanceCgroup {
     freezer: Option<PathBuf>,
     cpu: Option<PathBuf>,
     dirs: Vec<PathBuf>,
+    /// The peak-memory and OOM-event files, opened once: read after every
+    /// invocation, a path lookup and open each time showed in the warm path.
+    peak_file: OnceLock<Option<File>>,
+    events_file: OnceLock<Option<File>>,
 }
 
 impl InstanceCgroup {
@@ -248,12 +257,16 @@ impl InstanceCgroup {
 
     /// Peak memory of the instance's processes together, in MB.
     pub fn peak_memory_mb(&self) -> u64 {
-        let file = if self.v2 {
-            "memory.peak"
-        } else {
-            "memory.max_usage_in_bytes"
-        };
-        read_u64(&self.memory.join(file))
+        let file = self.peak_file.get_or_init(|| {
+            let name = if self.v2 {
+                "memory.peak"
+            } else {
+                "memory.max_usage_in_bytes"
+            };
+            File::open(self.memory.join(name)).ok()
+        });
+        file.as_ref()
+            .and_then(|f| read_at_start(f)?.trim().parse::<u64>().ok())
             .or_else(|| read_u64(&self.memory.join("memory.current")))
             .map(|b| b.div_ceil(1024 * 1024))
             .unwrap_or(0)
@@ -261,13 +274,16 @@ impl InstanceCgroup {
 
     /// How many times the kernel's OOM killer ended a process of this instance.
     pub fn oom_kills(&self) -> u64 {
-        let file = if self.v2 {
-            "memory.events"
-        } else {
-            "memory.oom_control"
-        };
-        std::fs::read_to_string(self.memory.join(file))
-            .ok()
+        let file = self.events_file.get_or_init(|| {
+            let name = if self.v2 {
+                "memory.events"
+            } else {
+                "memory.oom_control"
+            };
+            File::open(self.memory.join(name)).ok()
+        });
+        file.as_ref()
+            .and_then(read_at_start)
             .and_then(|s| {
                 s.lines()
                     .find_map(|l| l.strip_prefix("oom_kill "))
@@ -388,6 +404,14 @@ fn remove_tree(dir: &Path) {
         }
     }
     let _ = std::fs::remove_dir(dir);
+}
+
+/// The whole of a cgroup file open as `f`, read again from its start.
+fn read_at_start(f: &File) -> Option<String> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = [0u8; 512];
+    let n = f.read_at(&mut buf, 0).ok()?;
+    String::from_utf8(buf[..n].to_vec()).ok()
 }
 
 fn read_u64(path: &Path) -> Option<u64> {
