@@ -406,10 +406,12 @@ fn boxes_waiting() -> usize {
         .count()
 }
 
-/// A box made ahead (cgroup `b<n>`, the init waiting for its function) and one made
-/// at the cold start (`i<n>`, with NIMBUS_SANDBOX_BOXES_AHEAD=0) are the same box:
-/// the function's uid, limits, mounts, environment and pid namespace; the worker
-/// makes a new box ahead for each one taken.
+/// A box made ahead (cgroup `b<n>`, the init waiting for its function), one with
+/// Python started ahead in it, and one made at the cold start (`i<n>`, with
+/// NIMBUS_SANDBOX_BOXES_AHEAD=0) are the same box: the function's uid, limits,
+/// mounts, environment and pid namespace; the worker makes a new box ahead for each
+/// one taken. A function setting a variable Python reads only at start gets a
+/// plain box.
 #[tokio::test]
 async fn boxes_made_ahead_match_boxes_made_at_cold_start() {
     let _serial = SERIAL.lock().await;
@@ -425,7 +427,13 @@ async fn boxes_made_ahead_match_boxes_made_at_cold_start() {
             pid_ns.contains(&format!("{ahead} boxes made ahead")),
             "{pid_ns}"
         );
-        for (i, memory) in [(1, 256u64), (2, 384)] {
+        // (memory, an extra variable, Python started ahead?)
+        let cases = [
+            (256u64, None, ahead > 0),
+            (384, Some(("PYTHONDONTWRITEBYTECODE", "1")), false),
+            (512, None, ahead > 0),
+        ];
+        for (i, (memory, extra, preloaded)) in cases.into_iter().enumerate() {
             if ahead > 0 {
                 // The pool is full again (a taken box is replaced).
                 eventually(Duration::from_secs(10), "boxes made ahead", || async {
@@ -434,13 +442,17 @@ async fn boxes_made_ahead_match_boxes_made_at_cold_start() {
                 .await;
             }
             let name = format!("ahead{ahead}-{i}");
+            let mut vars = json!({"MINE": "mine-value"});
+            if let Some((k, v)) = extra {
+                vars[k] = json!(v);
+            }
             cluster
                 .create_function(
                     &name,
                     "python3.12",
                     "app.probe_box",
                     &python_zip(),
-                    json!({"MemorySize": memory, "Environment": {"Variables": {"MINE": "mine-value"}}}),
+                    json!({"MemorySize": memory, "Environment": {"Variables": vars}}),
                 )
                 .await;
             let r = cluster
@@ -448,6 +460,7 @@ async fn boxes_made_ahead_match_boxes_made_at_cold_start() {
                 .await;
             assert_eq!(r.status, 200, "{}", r.text());
             let probe = r.json();
+            assert_eq!(probe["preloaded"], preloaded, "{probe}");
             let cgroup = probe["memory_cgroup"].as_str().unwrap_or_default();
             let leaf = cgroup.rsplit('/').next().unwrap_or_default();
             let want = if ahead > 0 { 'b' } else { 'i' };
@@ -458,20 +471,27 @@ async fn boxes_made_ahead_match_boxes_made_at_cold_start() {
                 "{probe}"
             );
             assert!(probe["uid"].as_u64().unwrap() >= 1_000_000, "{probe}");
+            assert_eq!(probe["gid"], probe["uid"], "{probe}");
+            assert_eq!(probe["groups"], json!([]), "{probe}");
+            assert_eq!(probe["no_new_privs"], "1", "{probe}");
+            assert_eq!(probe["cap_eff"], "0000000000000000", "{probe}");
             assert_eq!(probe["pids"], json!([1, 2]), "{probe}");
             assert_eq!(probe["task_root"], "/var/task", "{probe}");
+            assert_eq!(probe["cwd"], "/var/task", "{probe}");
+            assert_eq!(probe["env_mine"], "mine-value", "{probe}");
             assert_eq!(probe["tmp"], json!(["x"]), "{probe}");
             assert!(
                 probe["code_write"].as_str().unwrap().contains("Read-only"),
                 "{probe}"
             );
             assert_eq!(probe["own_visible"], true, "{probe}");
-            // The output pipe reached the box: the log carries the REPORT.
+            assert_eq!(probe["self_environ_readable"], true, "{probe}");
+            // The output pipe reached the box: the log carries the function's output.
             let tail = cluster
                 .invoke_raw(&name, b"{}".to_vec(), &[("X-Amz-Log-Type", "Tail")])
                 .await
                 .log_tail();
-            assert!(tail.contains("REPORT RequestId"), "{tail}");
+            assert!(tail.contains("probe_box ran as 1"), "{tail}");
         }
         if ahead == 0 {
             assert_eq!(boxes_waiting(), 0);

@@ -28,6 +28,31 @@ pub struct InstanceKey {
 }
 
 pub const PYTHON_BOOTSTRAP_FILE: &str = "python_bootstrap.py";
+
+/// Python started in boxes made ahead: the interpreter and the bootstrap's imports
+/// ready before the function is known (the bootstrap's `--await-order`). A function
+/// whose environment sets what Python reads only at start (`PYTHON*`, locale
+/// variables) gets a box made the usual way.
+pub fn python_preload(runtimes: &Runtimes, sandbox: &dyn Sandbox) -> crate::sandbox::Preload {
+    let paths = sandbox.paths(Path::new("/"), &runtimes.dir, Path::new("/"));
+    crate::sandbox::Preload {
+        program: runtimes.python.clone(),
+        args: vec![
+            paths
+                .runtime_dir
+                .join(PYTHON_BOOTSTRAP_FILE)
+                .display()
+                .to_string(),
+        ],
+        preload_args: vec!["--await-order".into()],
+        runtime_dir: runtimes.dir.clone(),
+        env: [("LANG", "C.UTF-8"), ("PYTHONUNBUFFERED", "1")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        startup_vars: vec!["PYTHON".into(), "LC_".into(), "LANG".into()],
+    }
+}
 pub const NODE_BOOTSTRAP_FILE: &str = "node_bootstrap.mjs";
 
 /// Where runtimes live on this worker.

@@ -132,6 +132,10 @@ pub async fn run(
     });
     let mut sub = nats.subscribe(subject.clone()).await?;
     nats.flush().await?;
+    worker.sandbox.preload(instance::python_preload(
+        &worker.runtimes,
+        worker.sandbox.as_ref(),
+    ));
     worker.sandbox.prepare_boxes();
     tracing::info!(worker_id = %worker.cfg.worker_id, slots = worker.cfg.slots, %subject, "worker ready");
 

@@ -7,7 +7,6 @@ import socket
 import sys
 import time
 
-API = os.environ["AWS_LAMBDA_RUNTIME_API"]
 BASE = "/2018-06-01/runtime"
 
 
@@ -84,7 +83,7 @@ class _Conn:
         return status, headers, body
 
 
-_conn = _Conn(API)
+_conn = None  # set by main() from AWS_LAMBDA_RUNTIME_API
 
 
 def _request(method, path, body=None, headers=None):
@@ -161,7 +160,54 @@ def _load_handler():
     return func
 
 
+def _await_order(fd):
+    """In a box made ahead (`--await-order FD`): the interpreter and the imports above
+    are ready before the function is known, as root. The order comes on the socket
+    FD with the output pipe: take the function's output, memory limit, uid (then no
+    new privileges, death with the box's init) and environment, as the worker does
+    for a runtime it starts itself, then go on as any cold start."""
+    import ctypes
+    import resource
+    libc = ctypes.CDLL(None, use_errno=True)
+    sock = socket.socket(fileno=fd)
+    msg, fds, _, _ = socket.recv_fds(sock, 256 * 1024, 1)
+    sock.close()
+    if not msg:
+        os._exit(0)  # the box was not needed
+    # NUL-terminated fields: uid, as_limit, tmp_mb, code, runtime, program, the
+    # number of args, the args, then the environment (the worker's Order).
+    fields = [f.decode("utf-8", "surrogateescape") for f in msg[:-1].split(b"\0")]
+    uid = None if fields[0] == "-" else int(fields[0])
+    as_limit = int(fields[1])
+    env = fields[7 + int(fields[6]):]
+    os.dup2(fds[0], 1)
+    os.dup2(fds[0], 2)
+    os.close(fds[0])
+    resource.setrlimit(resource.RLIMIT_AS, (as_limit, as_limit))
+    if uid is not None:
+        os.setgroups([])
+        os.setresgid(uid, uid, uid)
+        os.setresuid(uid, uid, uid)
+    # PR_SET_NO_NEW_PRIVS; PR_SET_PDEATHSIG, SIGKILL; PR_SET_DUMPABLE (a uid change
+    # in the process clears it, which an exec'd runtime would have had again: its
+    # /proc files would stay root's).
+    for option, arg in ((38, 1), (1, 9), (4, 1)):
+        if libc.prctl(option, arg, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(%d)" % option)
+    os.environ.clear()
+    for kv in env:
+        k, _, v = kv.partition("=")
+        os.environ[k] = v
+    time.tzset()
+    os.chdir(os.environ.get("LAMBDA_TASK_ROOT", "/var/task"))
+    del sys.argv[1:]
+
+
 def main():
+    global _conn
+    if sys.argv[1:2] == ["--await-order"]:
+        _await_order(int(sys.argv[2]))
+    _conn = _Conn(os.environ["AWS_LAMBDA_RUNTIME_API"])
     handler = _load_handler()
     while True:
         _, headers, body = _request("GET", "/invocation/next")

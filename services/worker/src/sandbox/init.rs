@@ -41,6 +41,16 @@ pub const INIT_ARG: &str = "__nimbus-box-init";
 /// descriptor. The socket closing first means the box was not needed: exit 0.
 pub const AWAIT_ARG: &str = "--await";
 
+/// `… --await <fd> --preload <runtime-dir> <program> [args…]`: a box made ahead
+/// whose runtime starts at once, before its function is known: the init binds
+/// `<runtime-dir>` at `/var/runtime` and starts `<program> [args…] <fd2>` as pid 2,
+/// still root, with the init's own environment; the runtime waits on the seqpacket
+/// socket `<fd2>`. On the order, the init mounts the code and `/tmp` and passes the
+/// order and the output pipe on; the runtime takes the function's uid, limits and
+/// environment itself (the Python bootstrap's `--await-order`). The interpreter's
+/// start and the bootstrap's imports are then off the cold start's path.
+pub const PRELOAD_ARG: &str = "--preload";
+
 /// What a box made ahead runs, once its function is known.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Order {
@@ -131,7 +141,7 @@ pub fn run(args: &[String]) -> ! {
         std::process::exit(0);
     }
     let result = if args.first().map(String::as_str) == Some(AWAIT_ARG) {
-        await_order(args.get(1).map(String::as_str).unwrap_or(""))
+        await_order(&args[1..])
     } else {
         try_run(args)
     };
@@ -178,15 +188,29 @@ fn try_run(args: &[String]) -> Result<Never, String> {
     fork_pid_one(uid, relay, argv, None, None)
 }
 
-/// A box made ahead: waits for its order on the socket `fd`.
-fn await_order(fd: &str) -> Result<Never, String> {
+/// A box made ahead: waits for its order on the socket `<fd>` (`args`: `<fd>
+/// [--preload <runtime-dir> <program> [args…]]`).
+fn await_order(args: &[String]) -> Result<Never, String> {
     use std::io::IoSliceMut;
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
     use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+    let fd = args.first().map(String::as_str).unwrap_or("");
     let fd: i32 = fd.parse().map_err(|_| format!("bad socket fd {fd:?}"))?;
     // SAFETY: the worker handed this descriptor to us for this purpose.
     let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    let preloaded = match args.get(1).map(String::as_str) {
+        None => None,
+        Some(PRELOAD_ARG) => match &args[2..] {
+            [runtime_dir, program, rest @ ..] => Some(start_preloaded(runtime_dir, program, rest)?),
+            _ => {
+                return Err(format!(
+                    "usage: {AWAIT_ARG} <fd> {PRELOAD_ARG} <runtime-dir> <program> [args…]"
+                ));
+            }
+        },
+        Some(other) => return Err(format!("unexpected {other:?}")),
+    };
     let mut buf = vec![0u8; 256 * 1024];
     let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 1]);
     let (len, output) = loop {
@@ -224,8 +248,27 @@ fn await_order(fd: &str) -> Result<Never, String> {
         if nix::libc::dup2(output, 1) < 0 || nix::libc::dup2(output, 2) < 0 {
             return Err(format!("dup2: {}", std::io::Error::last_os_error()));
         }
-        nix::libc::close(output);
     }
+    if let Some((pid1, runtime)) = preloaded {
+        let cstr = |a: &str| CString::new(a.as_bytes()).map_err(|_| format!("NUL in {a:?}"));
+        let plan = super::MountPlan::new(order.tmp_mb, cstr(&order.code)?, None);
+        super::mount_box(&plan).map_err(|e| format!("mounting the box: {e}"))?;
+        use nix::sys::socket::{ControlMessage, sendmsg};
+        sendmsg::<()>(
+            runtime.as_raw_fd(),
+            &[std::io::IoSlice::new(&buf[..len])],
+            &[ControlMessage::ScmRights(&[output])],
+            MsgFlags::MSG_NOSIGNAL,
+            None,
+        )
+        .map_err(|e| format!("handing the runtime its function: {e}"))?;
+        // SAFETY: our copy; the runtime has its own.
+        unsafe { nix::libc::close(output) };
+        drop(runtime);
+        exit_like(pid_one_status(wait_for(pid1)))
+    }
+    // SAFETY: stdout and stderr hold it now.
+    unsafe { nix::libc::close(output) };
     use nix::sys::resource::{Resource, setrlimit};
     setrlimit(Resource::RLIMIT_AS, order.as_limit, order.as_limit)
         .map_err(|e| format!("RLIMIT_AS: {e}"))?;
@@ -239,8 +282,68 @@ fn await_order(fd: &str) -> Result<Never, String> {
         .iter()
         .map(|e| cstr(e))
         .collect::<Result<_, _>>()?;
-    let mounts = super::MountPlan::new(order.tmp_mb, cstr(&order.code)?, cstr(&order.runtime)?);
+    let mounts = super::MountPlan::new(
+        order.tmp_mb,
+        cstr(&order.code)?,
+        Some(cstr(&order.runtime)?),
+    );
     fork_pid_one(order.uid, None, argv, Some(envp), Some(mounts))
+}
+
+/// For `--preload`: binds the runtime dir, then forks pid 1, which starts the
+/// runtime at once (root, the init's environment) with one end of a seqpacket
+/// socket as its last argument. Returns pid 1 and the other end.
+fn start_preloaded(
+    runtime_dir: &str,
+    program: &str,
+    args: &[String],
+) -> Result<(Pid, std::os::fd::OwnedFd), String> {
+    use std::os::fd::AsRawFd;
+
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
+    let cstr = |a: &str| CString::new(a.as_bytes()).map_err(|_| format!("NUL in {a:?}"));
+    super::bind_read_only(&cstr(runtime_dir)?, c"/var/runtime")
+        .map_err(|e| format!("mounting the runtime: {e}"))?;
+    let (ours, theirs) = socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(|e| format!("socketpair: {e}"))?;
+    // Inherited by pid 1 and the runtime.
+    // SAFETY: plain fcntl on our own descriptor.
+    if unsafe { nix::libc::fcntl(theirs.as_raw_fd(), nix::libc::F_SETFD, 0) } < 0 {
+        return Err(format!("fcntl: {}", std::io::Error::last_os_error()));
+    }
+    let argv: Vec<CString> = std::iter::once(program)
+        .chain(args.iter().map(String::as_str))
+        .map(cstr)
+        .chain(std::iter::once(cstr(&theirs.as_raw_fd().to_string())))
+        .collect::<Result<_, _>>()?;
+    // SAFETY: single-threaded (the async runtime has not started).
+    match unsafe { fork() }.map_err(|e| format!("fork: {e}"))? {
+        ForkResult::Parent { child } => Ok((child, ours)),
+        ForkResult::Child => {
+            drop(ours);
+            let e = pid_one(None, None, &argv, None, None);
+            eprintln!("nimbus box init: {}", e.err().unwrap_or_default());
+            std::process::exit(126)
+        }
+    }
+}
+
+/// Pid 1 cannot die of its own signal: it ended with 128 + n instead.
+fn pid_one_status(status: WaitStatus) -> WaitStatus {
+    match status {
+        WaitStatus::Exited(pid, code) if (129..160).contains(&code) => {
+            match Signal::try_from(code - 128) {
+                Ok(sig) => WaitStatus::Signaled(pid, sig, false),
+                Err(_) => WaitStatus::Exited(pid, code),
+            }
+        }
+        other => other,
+    }
 }
 
 /// The outer init: forks pid 1 of the namespace, waits for it and ends like it.
@@ -253,16 +356,7 @@ fn fork_pid_one(
 ) -> Result<Never, String> {
     // SAFETY: single-threaded (the async runtime has not started).
     match unsafe { fork() }.map_err(|e| format!("fork: {e}"))? {
-        ForkResult::Parent { child } => exit_like(match wait_for(child) {
-            // Pid 1 cannot die of its own signal: it ended with 128 + n instead.
-            WaitStatus::Exited(pid, code) if (129..160).contains(&code) => {
-                match Signal::try_from(code - 128) {
-                    Ok(sig) => WaitStatus::Signaled(pid, sig, false),
-                    Err(_) => WaitStatus::Exited(pid, code),
-                }
-            }
-            other => other,
-        }),
+        ForkResult::Parent { child } => exit_like(pid_one_status(wait_for(child))),
         ForkResult::Child => pid_one(uid, relay, &argv, envp.as_deref(), mounts.as_ref()),
     }
 }

@@ -96,6 +96,40 @@ pub struct SandboxSpec {
     pub runtime_api_socket: Option<PathBuf>,
 }
 
+/// A runtime started in boxes made ahead, before their function is known. It gets
+/// one more argument, a seqpacket socket's descriptor, on which its order arrives
+/// (see [`init::PRELOAD_ARG`]); it must take the order's uid, limits and
+/// environment itself.
+#[derive(Debug, Clone)]
+pub struct Preload {
+    /// The program and arguments (as inside the box) of the specs it serves.
+    pub program: PathBuf,
+    pub args: Vec<String>,
+    /// Arguments it gets after `args` when preloaded.
+    pub preload_args: Vec<String>,
+    /// The specs' `runtime_dir`, bound at creation.
+    pub runtime_dir: PathBuf,
+    /// Its environment until the order comes; a spec whose environment disagrees
+    /// on any of these, or sets any other variable named in `startup_vars`
+    /// (read once at the runtime's start), gets a box made the usual way.
+    pub env: BTreeMap<String, String>,
+    /// Prefixes of variables the runtime reads only at start.
+    pub startup_vars: Vec<String>,
+}
+
+impl Preload {
+    fn serves(&self, spec: &SandboxSpec) -> bool {
+        spec.program == self.program
+            && spec.args == self.args
+            && spec.runtime_dir == self.runtime_dir
+            && spec.runtime_api_socket.is_none()
+            && self.env.iter().all(|(k, v)| spec.env.get(k) == Some(v))
+            && spec.env.keys().all(|k| {
+                self.env.contains_key(k) || !self.startup_vars.iter().any(|p| k.starts_with(p))
+            })
+    }
+}
+
 /// Paths as the function sees them.
 #[derive(Debug, Clone)]
 pub struct BoxPaths {
@@ -195,6 +229,10 @@ pub trait Sandbox: Send + Sync + 'static {
     /// Starts making boxes ahead of need, where the box supports it (from within
     /// the async runtime).
     fn prepare_boxes(&self) {}
+
+    /// Also keep boxes with `preload`'s runtime already started in them (from
+    /// before [`Sandbox::prepare_boxes`]).
+    fn preload(&self, _preload: Preload) {}
 }
 
 /// Per-function uids: a function keeps its uid for the worker's life; two functions
@@ -378,7 +416,8 @@ impl ProcessSandbox {
                     pids_max: cfg.pids_max,
                     target: cfg.boxes_ahead,
                     ready: Mutex::new(Vec::new()),
-                    making: AtomicUsize::new(0),
+                    preload: std::sync::OnceLock::new(),
+                    making: [AtomicUsize::new(0), AtomicUsize::new(0)],
                     closed: AtomicBool::new(false),
                     next: AtomicU64::new(1),
                     failures: AtomicU64::new(0),
@@ -402,11 +441,12 @@ pub(crate) struct MountPlan {
     tmp_data: CString,
     shm: bool,
     code: CString,
-    runtime: CString,
+    /// `None`: bound already (a box with its runtime started ahead).
+    runtime: Option<CString>,
 }
 
 impl MountPlan {
-    pub(crate) fn new(tmp_mb: u32, code: CString, runtime: CString) -> Self {
+    pub(crate) fn new(tmp_mb: u32, code: CString, runtime: Option<CString>) -> Self {
         Self {
             tmp_data: CString::new(format!("size={tmp_mb}m,mode=1777")).expect("no NUL"),
             shm: Path::new("/dev/shm").is_dir(),
@@ -447,6 +487,12 @@ impl Sandbox for ProcessSandbox {
         }
     }
 
+    fn preload(&self, preload: Preload) {
+        if let Some(pool) = &self.pool {
+            let _ = pool.preload.set(preload);
+        }
+    }
+
     fn cleanup(&self) {
         if let Some(pool) = &self.pool {
             pool.close();
@@ -484,7 +530,7 @@ impl Sandbox for ProcessSandbox {
         if let Some(pool) = &self.pool
             && spec.runtime_api_socket.is_none()
         {
-            let taken = pool.take();
+            let taken = pool.take(spec);
             pool.refill();
             if let Some(ready) = taken {
                 match ready.start(spec, uid, &output, &self.cfg) {
@@ -521,7 +567,7 @@ impl Sandbox for ProcessSandbox {
             Some(MountPlan::new(
                 self.cfg.tmp_mb,
                 cstring(&spec.code_dir)?,
-                cstring(&spec.runtime_dir)?,
+                Some(cstring(&spec.runtime_dir)?),
             ))
         } else {
             None
@@ -658,9 +704,12 @@ struct BoxPool {
     cgroups: Arc<Cgroups>,
     init: InitProgram,
     pids_max: u32,
+    /// Boxes kept ready of each kind.
     target: usize,
     ready: Mutex<Vec<ReadyBox>>,
-    making: AtomicUsize,
+    preload: std::sync::OnceLock<Preload>,
+    /// Boxes being made: plain, preloaded.
+    making: [AtomicUsize; 2],
     closed: AtomicBool,
     next: AtomicU64,
     failures: AtomicU64,
@@ -668,44 +717,66 @@ struct BoxPool {
 
 /// A box whose init waits for its [`init::Order`].
 struct ReadyBox {
+    preloaded: bool,
     child: tokio::process::Child,
     handle: Arc<SandboxHandle>,
     control: OwnedFd,
 }
 
 impl BoxPool {
-    fn take(&self) -> Option<ReadyBox> {
-        self.ready.lock().expect("lock poisoned").pop()
+    /// A ready box for `spec`: one with its runtime started if there is one for it.
+    fn take(&self, spec: &SandboxSpec) -> Option<ReadyBox> {
+        let preloaded = self.preload.get().is_some_and(|p| p.serves(spec));
+        let mut ready = self.ready.lock().expect("lock poisoned");
+        let i = ready.iter().rposition(|b| b.preloaded == preloaded)?;
+        Some(ready.swap_remove(i))
     }
 
-    /// Makes boxes (on blocking threads) until `target` are ready or being made.
+    /// Makes boxes (on blocking threads) until `target` of each kind are ready or
+    /// being made.
     fn refill(self: &Arc<Self>) {
         if self.closed.load(Ordering::SeqCst) {
             return;
         }
-        let have = self.ready.lock().expect("lock poisoned").len();
-        let making = self.making.load(Ordering::SeqCst);
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        for _ in (have + making)..self.target {
-            self.making.fetch_add(1, Ordering::SeqCst);
-            let pool = self.clone();
-            rt.spawn_blocking(move || {
-                let made = pool.make();
-                pool.making.fetch_sub(1, Ordering::SeqCst);
-                match made {
-                    Ok(b) if !pool.closed.load(Ordering::SeqCst) => {
-                        pool.ready.lock().expect("lock poisoned").push(b);
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        if pool.failures.fetch_add(1, Ordering::SeqCst) == 0 {
-                            tracing::warn!(error = %e, "cannot make a box ahead; boxes are made at cold start");
-                        }
-                    }
+        let kinds: &[bool] = if self.preload.get().is_some() {
+            &[false, true]
+        } else {
+            &[false]
+        };
+        for &preloaded in kinds {
+            let have = self
+                .ready
+                .lock()
+                .expect("lock poisoned")
+                .iter()
+                .filter(|b| b.preloaded == preloaded)
+                .count();
+            let counter = &self.making[usize::from(preloaded)];
+            let making = counter.load(Ordering::SeqCst);
+            for _ in (have + making)..self.target {
+                counter.fetch_add(1, Ordering::SeqCst);
+                let pool = self.clone();
+                rt.spawn_blocking(move || pool.make_one(preloaded));
+            }
+        }
+    }
+
+    fn make_one(&self, preloaded: bool) {
+        let made = self.make(preloaded);
+        self.making[usize::from(preloaded)].fetch_sub(1, Ordering::SeqCst);
+        match made {
+            Ok(b) if !self.closed.load(Ordering::SeqCst) => {
+                self.ready.lock().expect("lock poisoned").push(b);
+            }
+            Ok(_) => {}
+            Err(e) => {
+                if self.failures.fetch_add(1, Ordering::SeqCst) == 0 {
+                    tracing::warn!(error = %e, preloaded, "cannot make a box ahead; boxes are made at cold start");
                 }
-            });
+            }
         }
     }
 
@@ -716,7 +787,7 @@ impl BoxPool {
 
     /// A cgroup with the largest limits, the init in it, in a private mount
     /// namespace and about to be pid 1's parent, waiting for its order.
-    fn make(&self) -> Result<ReadyBox, SandboxError> {
+    fn make(&self, preloaded: bool) -> Result<ReadyBox, SandboxError> {
         use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
         let setup =
             |what: &str, e: &dyn std::fmt::Display| SandboxError::Setup(format!("{what}: {e}"));
@@ -745,8 +816,20 @@ impl BoxPool {
         cmd.args(&self.init.args)
             .arg(init::AWAIT_ARG)
             .arg(theirs_fd.to_string())
-            .env_clear()
-            .stdin(Stdio::null())
+            .env_clear();
+        if preloaded {
+            let p = self
+                .preload
+                .get()
+                .ok_or_else(|| SandboxError::Setup("nothing to preload".into()))?;
+            cmd.arg(init::PRELOAD_ARG)
+                .arg(&p.runtime_dir)
+                .arg(&p.program)
+                .args(&p.args)
+                .args(&p.preload_args)
+                .envs(&p.env);
+        }
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .process_group(0)
@@ -773,6 +856,7 @@ impl BoxPool {
         drop(join);
         drop(theirs);
         Ok(ReadyBox {
+            preloaded,
             handle: Arc::new(SandboxHandle {
                 pid: child.id().unwrap_or_default(),
                 pid_ns: true,
@@ -843,6 +927,31 @@ fn enter_mounts(p: &MountPlan) -> std::io::Result<()> {
     mount_box(p)
 }
 
+/// `src` (a host path) at `dst`, read-only.
+pub(crate) fn bind_read_only(src: &std::ffi::CStr, dst: &std::ffi::CStr) -> std::io::Result<()> {
+    use nix::mount::mount;
+    const NONE: Option<&'static std::ffi::CStr> = None;
+    mount(
+        Some(src),
+        dst,
+        NONE,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        NONE,
+    )?;
+    mount(
+        NONE,
+        dst,
+        NONE,
+        MsFlags::MS_BIND
+            | MsFlags::MS_REMOUNT
+            | MsFlags::MS_RDONLY
+            | MsFlags::MS_NOSUID
+            | MsFlags::MS_NODEV,
+        NONE,
+    )?;
+    Ok(())
+}
+
 /// A mount namespace of our own, nothing in it propagating back to the host.
 fn private_mounts() -> std::io::Result<()> {
     use nix::mount::mount;
@@ -862,27 +971,10 @@ fn private_mounts() -> std::io::Result<()> {
 /// `/dev/shm`), then `/var/task` as the working directory.
 pub(crate) fn mount_box(p: &MountPlan) -> std::io::Result<()> {
     use nix::mount::mount;
-    const NONE: Option<&'static std::ffi::CStr> = None;
     // Binds first: the sources may lie under /tmp, which the tmpfs then hides.
-    for (src, dst) in [(&p.code, c"/var/task"), (&p.runtime, c"/var/runtime")] {
-        mount(
-            Some(src.as_c_str()),
-            dst,
-            NONE,
-            MsFlags::MS_BIND | MsFlags::MS_REC,
-            NONE,
-        )?;
-        mount(
-            NONE,
-            dst,
-            NONE,
-            MsFlags::MS_BIND
-                | MsFlags::MS_REMOUNT
-                | MsFlags::MS_RDONLY
-                | MsFlags::MS_NOSUID
-                | MsFlags::MS_NODEV,
-            NONE,
-        )?;
+    bind_read_only(&p.code, c"/var/task")?;
+    if let Some(runtime) = &p.runtime {
+        bind_read_only(runtime, c"/var/runtime")?;
     }
     let tmpfs_flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
     mount(
@@ -975,7 +1067,7 @@ fn probe_mount_namespace(tmp_mb: u32) -> Result<(), String> {
     for dir in [BOX_TASK_ROOT, BOX_RUNTIME_DIR] {
         std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {dir}: {e}"))?;
     }
-    let plan = MountPlan::new(tmp_mb, c"/".into(), c"/".into());
+    let plan = MountPlan::new(tmp_mb, c"/".into(), Some(c"/".into()));
     probe_child(Path::new("/proc/self/exe"), &["--version"], move || {
         enter_mounts(&plan)
     })
@@ -985,7 +1077,7 @@ fn probe_mount_namespace(tmp_mb: u32) -> Result<(), String> {
 /// Can instances get a pid namespace of their own? Runs the real init (with
 /// throwaway mounts) around `nimbus-worker --version` once at start.
 fn probe_pid_namespace(tmp_mb: u32, init: &InitProgram) -> Result<(), String> {
-    let plan = MountPlan::new(tmp_mb, c"/".into(), c"/".into());
+    let plan = MountPlan::new(tmp_mb, c"/".into(), Some(c"/".into()));
     let mut args: Vec<String> = init.args.clone();
     args.extend(["-", "-", "/proc/self/exe", "--version"].map(String::from));
     probe_child(
