@@ -198,6 +198,14 @@ async fn spawn_floor(program: &std::path::Path, args: &[&str], n: usize) -> Stat
     stats(&h, started.elapsed())
 }
 
+/// The Python no-op: a module importing nothing, so the figures are the platform's
+/// and the interpreter's, not a test fixture's imports.
+const PYTHON_NOOP: &str = "def handler(event, context):\n    return None\n";
+
+fn python_noop_zip() -> Vec<u8> {
+    zip_files(&[("noop.py", PYTHON_NOOP.as_bytes(), false)])
+}
+
 /// The same runtime program a cold start runs, started bare (no worker, no box)
 /// against a stand-in Runtime API: spawn → its first `GET …/invocation/next`. What a
 /// cold start adds beyond this is the platform's.
@@ -283,12 +291,21 @@ async fn main() {
                 .to_string()
         });
     let quick = args.iter().any(|a| a == "--quick");
+    // `--boxes-ahead N`: the workers' NIMBUS_SANDBOX_BOXES_AHEAD (0: every box made
+    // at its cold start), to compare cold starts with and without.
+    let env: Vec<(String, String)> = args
+        .iter()
+        .position(|a| a == "--boxes-ahead")
+        .and_then(|i| args.get(i + 1))
+        .map(|n| vec![("NIMBUS_SANDBOX_BOXES_AHEAD".to_string(), n.clone())])
+        .unwrap_or_default();
     let scale = if quick { 10 } else { 1 };
     eprintln!("starting a local cluster from {}", bin_dir().display());
     let cluster = Cluster::start(ClusterOpts {
         slots: 64,
         // JetStream as `nimbus up` runs it: every write synced to disk.
         nats_sync_always: true,
+        env,
         ..Default::default()
     })
     .await;
@@ -413,11 +430,7 @@ async fn main() {
     // The cold-start functions' own programs, bare.
     let bare_dir = tempfile::tempdir().unwrap();
     let native_bin = bin_dir().join("rust-echo-function");
-    std::fs::write(
-        bare_dir.path().join("app.py"),
-        std::fs::read(workspace_root().join("tests/fixtures/python/app.py")).unwrap(),
-    )
-    .unwrap();
+    std::fs::write(bare_dir.path().join("noop.py"), PYTHON_NOOP).unwrap();
     let py_bootstrap = workspace_root().join("services/worker/src/runtimes/python_bootstrap.py");
     let bare_native = bare_init_floor(
         &native_bin,
@@ -431,7 +444,7 @@ async fn main() {
         &py,
         &[py_bootstrap.to_str().unwrap()],
         bare_dir.path(),
-        "app.noop",
+        "noop.handler",
         20 / scale.min(5),
     )
     .await;
@@ -467,8 +480,8 @@ async fn main() {
         .create_function(
             "python-noop",
             "python3.12",
-            "app.noop",
-            &python_zip(),
+            "noop.handler",
+            &python_noop_zip(),
             json!({}),
         )
         .await;
@@ -559,8 +572,8 @@ async fn main() {
         (
             "python",
             "python3.12",
-            "app.noop",
-            python_zip(),
+            "noop.handler",
+            python_noop_zip(),
             &spawn_py,
             &bare_py,
         ),
