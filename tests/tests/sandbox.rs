@@ -390,39 +390,18 @@ async fn an_isolated_network_reaches_only_the_runtime_api() {
     cluster.stop();
 }
 
-/// The parent pid of `pid`.
-fn parent_of(pid: &str) -> Option<u32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(") ")?
-        .1
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
-}
-
-/// Children of `worker` with `arg` in their command lines.
-fn children_with_arg(worker: u32, arg: &[u8]) -> Vec<String> {
+/// Boxes the worker holds made ahead: inits with `--await` in their command lines
+/// that have not started a function yet (no child).
+fn boxes_waiting() -> usize {
     std::fs::read_dir("/proc")
         .unwrap()
         .flatten()
-        .map(|e| e.file_name().to_string_lossy().to_string())
-        .filter(|pid| {
-            parent_of(pid) == Some(worker)
-                && std::fs::read(format!("/proc/{pid}/cmdline"))
-                    .is_ok_and(|c| c.split(|b| *b == 0).any(|a| a == arg))
-        })
-        .collect()
-}
-
-/// Boxes `worker` holds made ahead, plain ones: inits with `--await` in their
-/// command lines that have not started a function yet (no child).
-fn boxes_waiting(worker: u32) -> usize {
-    children_with_arg(worker, b"--await")
-        .into_iter()
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-                .is_ok_and(|c| c.trim().is_empty())
+        .filter(|e| {
+            let pid = e.file_name().to_string_lossy().to_string();
+            std::fs::read(e.path().join("cmdline"))
+                .is_ok_and(|c| c.split(|b| *b == 0).any(|a| a == b"--await"))
+                && std::fs::read_to_string(e.path().join(format!("task/{pid}/children")))
+                    .is_ok_and(|c| c.trim().is_empty())
         })
         .count()
 }
@@ -443,7 +422,6 @@ async fn boxes_made_ahead_match_boxes_made_at_cold_start() {
         })
         .await;
         let doc = require_box(&cluster).await;
-        let worker = cluster.workers[0].pid().unwrap();
         let pid_ns = doc["workers"][0]["sandbox"]["pid_namespace"].to_string();
         assert!(
             pid_ns.contains(&format!("{ahead} boxes made ahead")),
@@ -459,7 +437,7 @@ async fn boxes_made_ahead_match_boxes_made_at_cold_start() {
             if ahead > 0 {
                 // The pool is full again (a taken box is replaced).
                 eventually(Duration::from_secs(10), "boxes made ahead", || async {
-                    (boxes_waiting(worker) == ahead).then_some(())
+                    (boxes_waiting() == ahead).then_some(())
                 })
                 .await;
             }
@@ -516,60 +494,8 @@ async fn boxes_made_ahead_match_boxes_made_at_cold_start() {
             assert!(tail.contains("probe_box ran as 1"), "{tail}");
         }
         if ahead == 0 {
-            assert_eq!(boxes_waiting(worker), 0);
+            assert_eq!(boxes_waiting(), 0);
         }
         cluster.stop();
     }
-}
-
-/// A runtime that cannot start ahead (here a Python that refuses `--await-order`)
-/// costs no invocation: boxes that died waiting are dropped, its functions get
-/// plain boxes, and after a few such deaths the worker stops preloading.
-#[tokio::test]
-async fn a_runtime_that_cannot_start_ahead_gets_plain_boxes() {
-    let _serial = SERIAL.lock().await;
-    use std::os::unix::fs::PermissionsExt;
-    let dir = std::path::Path::new("/var/tmp").join(format!("nimbus-python-{}", unique()));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let wrapper = dir.join("python3");
-    std::fs::write(
-        &wrapper,
-        "#!/bin/sh\nfor a in \"$@\"; do [ \"$a\" = --await-order ] && exit 3; done\nexec /usr/bin/python3 \"$@\"\n",
-    )
-    .unwrap();
-    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let cluster = Cluster::start(ClusterOpts {
-        env: vec![("NIMBUS_PYTHON".into(), wrapper.display().to_string())],
-        ..Default::default()
-    })
-    .await;
-    require_box(&cluster).await;
-    let worker = cluster.workers[0].pid().unwrap();
-    for i in 0..4 {
-        let name = format!("noahead-{i}");
-        cluster
-            .create_function(
-                &name,
-                "python3.12",
-                "app.probe_box",
-                &python_zip(),
-                json!({}),
-            )
-            .await;
-        let r = cluster.invoke(&name, &json!({})).await;
-        assert_eq!(r.status, 200, "{}", r.text());
-        let probe = r.json();
-        assert_eq!(probe["preloaded"], false, "{probe}");
-        assert_eq!(probe["pids"], json!([1, 2]), "{probe}");
-    }
-    // No more boxes with the runtime started ahead are made.
-    eventually(Duration::from_secs(10), "preloading stopped", || async {
-        children_with_arg(worker, b"--preload")
-            .is_empty()
-            .then_some(())
-    })
-    .await;
-    cluster.stop();
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -421,8 +421,6 @@ impl ProcessSandbox {
                     closed: AtomicBool::new(false),
                     next: AtomicU64::new(1),
                     failures: AtomicU64::new(0),
-                    preload_deaths: AtomicU64::new(0),
-                    preload_used: AtomicBool::new(false),
                 })),
                 _ => None,
             },
@@ -695,11 +693,6 @@ fn as_limit(memory_mb: u32) -> u64 {
         .max(8 << 30)
 }
 
-/// Preloaded boxes dying before use, none used yet, after which only plain boxes
-/// are made (a runtime that cannot start ahead would otherwise fail every cold
-/// start it was given).
-const PRELOAD_DEATHS: u64 = 3;
-
 /// The largest `MemorySize` (Lambda's): a box made ahead has it until its
 /// function's is known.
 const MAX_MEMORY_MB: u32 = 10_240;
@@ -720,9 +713,6 @@ struct BoxPool {
     closed: AtomicBool,
     next: AtomicU64,
     failures: AtomicU64,
-    /// Preloaded boxes found dead before use, and whether one was ever used.
-    preload_deaths: AtomicU64,
-    preload_used: AtomicBool,
 }
 
 /// A box whose init waits for its [`init::Order`].
@@ -734,42 +724,12 @@ struct ReadyBox {
 }
 
 impl BoxPool {
-    /// A ready box for `spec`: one with its runtime started if there is one for
-    /// it, else a plain one. Boxes that died waiting are dropped; preloading stops
-    /// (plain boxes serve everyone) after [`PRELOAD_DEATHS`] preloaded boxes died
-    /// waiting, none having been used.
+    /// A ready box for `spec`: one with its runtime started if there is one for it.
     fn take(&self, spec: &SandboxSpec) -> Option<ReadyBox> {
-        let wants_preloaded =
-            self.preload_works() && self.preload.get().is_some_and(|p| p.serves(spec));
+        let preloaded = self.preload.get().is_some_and(|p| p.serves(spec));
         let mut ready = self.ready.lock().expect("lock poisoned");
-        ready.retain_mut(|b| match b.child.try_wait() {
-            Ok(None) => true,
-            _ => {
-                if b.preloaded && self.preload_deaths.fetch_add(1, Ordering::SeqCst) + 1 == PRELOAD_DEATHS {
-                    tracing::warn!("boxes with the runtime started ahead die before use (the runtime exits before its order); making plain boxes only");
-                }
-                false
-            }
-        });
-        let kinds: &[bool] = if wants_preloaded {
-            &[true, false]
-        } else {
-            &[false]
-        };
-        for &preloaded in kinds {
-            if let Some(i) = ready.iter().rposition(|b| b.preloaded == preloaded) {
-                if preloaded {
-                    self.preload_used.store(true, Ordering::SeqCst);
-                }
-                return Some(ready.swap_remove(i));
-            }
-        }
-        None
-    }
-
-    fn preload_works(&self) -> bool {
-        self.preload_used.load(Ordering::SeqCst)
-            || self.preload_deaths.load(Ordering::SeqCst) < PRELOAD_DEATHS
+        let i = ready.iter().rposition(|b| b.preloaded == preloaded)?;
+        Some(ready.swap_remove(i))
     }
 
     /// Makes boxes (on blocking threads) until `target` of each kind are ready or
@@ -781,7 +741,7 @@ impl BoxPool {
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let kinds: &[bool] = if self.preload.get().is_some() && self.preload_works() {
+        let kinds: &[bool] = if self.preload.get().is_some() {
             &[false, true]
         } else {
             &[false]
