@@ -257,16 +257,8 @@ impl InstanceCgroup {
 
     /// Peak memory of the instance's processes together, in MB.
     pub fn peak_memory_mb(&self) -> u64 {
-        let file = self.peak_file.get_or_init(|| {
-            let name = if self.v2 {
-                "memory.peak"
-            } else {
-                "memory.max_usage_in_bytes"
-            };
-            File::open(self.memory.join(name)).ok()
-        });
-        file.as_ref()
-            .and_then(|f| read_at_start(f)?.trim().parse::<u64>().ok())
+        self.read_memory_file(&self.peak_file, "memory.peak", "memory.max_usage_in_bytes")
+            .and_then(|s| s.trim().parse::<u64>().ok())
             .or_else(|| read_u64(&self.memory.join("memory.current")))
             .map(|b| b.div_ceil(1024 * 1024))
             .unwrap_or(0)
@@ -274,22 +266,26 @@ impl InstanceCgroup {
 
     /// How many times the kernel's OOM killer ended a process of this instance.
     pub fn oom_kills(&self) -> u64 {
-        let file = self.events_file.get_or_init(|| {
-            let name = if self.v2 {
-                "memory.events"
-            } else {
-                "memory.oom_control"
-            };
-            File::open(self.memory.join(name)).ok()
-        });
-        file.as_ref()
-            .and_then(read_at_start)
+        self.read_memory_file(&self.events_file, "memory.events", "memory.oom_control")
             .and_then(|s| {
                 s.lines()
                     .find_map(|l| l.strip_prefix("oom_kill "))
                     .and_then(|v| v.trim().parse().ok())
             })
             .unwrap_or(0)
+    }
+
+    /// The memory controller's file named `v2` or `v1` (by the hierarchy), opened
+    /// once into `cell` and read again from its start.
+    fn read_memory_file(
+        &self,
+        cell: &OnceLock<Option<File>>,
+        v2: &str,
+        v1: &str,
+    ) -> Option<String> {
+        cell.get_or_init(|| File::open(self.memory.join(if self.v2 { v2 } else { v1 })).ok())
+            .as_ref()
+            .and_then(read_at_start)
     }
 
     pub fn procs(&self) -> Vec<i32> {
