@@ -390,20 +390,24 @@ async fn an_isolated_network_reaches_only_the_runtime_api() {
     cluster.stop();
 }
 
-/// Boxes the worker holds made ahead: inits with `--await` in their command lines
-/// that have not started a function yet (no child).
-fn boxes_waiting() -> usize {
+/// Plain boxes the worker holds made ahead: the pids of inits with `--await` in
+/// their command lines that have not started a function yet (no child).
+fn waiting_boxes() -> Vec<String> {
     std::fs::read_dir("/proc")
         .unwrap()
         .flatten()
-        .filter(|e| {
-            let pid = e.file_name().to_string_lossy().to_string();
-            std::fs::read(e.path().join("cmdline"))
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
                 .is_ok_and(|c| c.split(|b| *b == 0).any(|a| a == b"--await"))
-                && std::fs::read_to_string(e.path().join(format!("task/{pid}/children")))
+                && std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
                     .is_ok_and(|c| c.trim().is_empty())
         })
-        .count()
+        .collect()
+}
+
+fn boxes_waiting() -> usize {
+    waiting_boxes().len()
 }
 
 /// A box made ahead (cgroup `b<n>`, the init waiting for its function), one with
@@ -498,4 +502,93 @@ async fn boxes_made_ahead_match_boxes_made_at_cold_start() {
         }
         cluster.stop();
     }
+}
+
+/// Boxes made ahead, and instances started in them, live on while the worker idles.
+/// A box's death signal fires when the *thread* that forked it ends; boxes were once
+/// made on the runtime's blocking threads, which end after 10 s idle, and every box
+/// and every instance started in one died then (a warm call failing with
+/// `Runtime.ExitError`).
+#[tokio::test]
+async fn boxes_made_ahead_and_their_instances_outlive_an_idle_spell() {
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start(ClusterOpts {
+        env: vec![("NIMBUS_SANDBOX_BOXES_AHEAD".into(), "2".into())],
+        ..Default::default()
+    })
+    .await;
+    require_box(&cluster).await;
+    let create = |name: String, vars: Value| {
+        let cluster = &cluster;
+        async move {
+            cluster
+                .create_function(
+                    &name,
+                    "python3.12",
+                    "app.probe_box",
+                    &python_zip(),
+                    json!({"Environment": {"Variables": vars}}),
+                )
+                .await;
+        }
+    };
+    let tail_of = |name: &'static str| {
+        let cluster = &cluster;
+        async move {
+            let r = cluster
+                .invoke_raw(name, b"{}".to_vec(), &[("X-Amz-Log-Type", "Tail")])
+                .await;
+            assert_eq!(r.status, 200, "{name}: {}", r.text());
+            r.log_tail()
+        }
+    };
+    // One instance in a box with Python started ahead, one in a plain box.
+    create("idle-py".into(), json!({})).await;
+    create("idle-plain".into(), json!({"PYTHONDONTWRITEBYTECODE": "1"})).await;
+    for name in ["idle-py", "idle-plain"] {
+        let tail = tail_of(name).await;
+        assert!(tail.contains("Init Duration"), "{name}: {tail}");
+    }
+    eventually(Duration::from_secs(10), "boxes made ahead", || async {
+        (boxes_waiting() == 2).then_some(())
+    })
+    .await;
+    let mut before = waiting_boxes();
+    before.sort();
+    // Longer than the runtime keeps an idle blocking thread (10 s).
+    tokio::time::sleep(Duration::from_secs(13)).await;
+    let mut after = waiting_boxes();
+    after.sort();
+    assert_eq!(after, before, "the boxes made ahead are not the same");
+    // The same instances answer: warm calls, no new start.
+    for name in ["idle-py", "idle-plain"] {
+        let tail = tail_of(name).await;
+        assert!(tail.contains("REPORT"), "{name}: {tail}");
+        assert!(
+            !tail.contains("Init Duration"),
+            "{name} started again: {tail}"
+        );
+    }
+    // And new functions start in the boxes that waited.
+    for (i, (vars, preloaded)) in [
+        (json!({}), true),
+        (json!({"PYTHONDONTWRITEBYTECODE": "1"}), false),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let name = format!("idle-new-{i}");
+        create(name.clone(), vars).await;
+        let r = cluster.invoke(&name, &json!({})).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let probe = r.json();
+        assert_eq!(probe["preloaded"], preloaded, "{probe}");
+        let cgroup = probe["memory_cgroup"].as_str().unwrap_or_default();
+        let leaf = cgroup.rsplit('/').next().unwrap_or_default();
+        assert!(
+            leaf.starts_with('b'),
+            "not a box made ahead: {cgroup}: {probe}"
+        );
+    }
+    cluster.stop();
 }

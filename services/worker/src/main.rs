@@ -64,7 +64,7 @@ struct Args {
     #[arg(long, env = "NIMBUS_SANDBOX_EGRESS", value_delimiter = ',')]
     sandbox_egress: Vec<String>,
     /// Boxes kept made ahead of need, so a cold start skips making one (0: none).
-    #[arg(long, env = "NIMBUS_SANDBOX_BOXES_AHEAD", default_value_t = 0)]
+    #[arg(long, env = "NIMBUS_SANDBOX_BOXES_AHEAD", default_value_t = 2)]
     sandbox_boxes_ahead: usize,
     /// Region reported to functions (`AWS_REGION`).
     #[arg(long, env = "NIMBUS_REGION", default_value = "us-east-1")]

@@ -421,6 +421,7 @@ impl ProcessSandbox {
                     closed: AtomicBool::new(false),
                     next: AtomicU64::new(1),
                     failures: AtomicU64::new(0),
+                    maker: std::sync::OnceLock::new(),
                 })),
                 _ => None,
             },
@@ -713,6 +714,8 @@ struct BoxPool {
     closed: AtomicBool,
     next: AtomicU64,
     failures: AtomicU64,
+    /// Orders for the maker thread: the kind of box to make.
+    maker: std::sync::OnceLock<std::sync::mpsc::Sender<bool>>,
 }
 
 /// A box whose init waits for its [`init::Order`].
@@ -728,17 +731,19 @@ impl BoxPool {
     fn take(&self, spec: &SandboxSpec) -> Option<ReadyBox> {
         let preloaded = self.preload.get().is_some_and(|p| p.serves(spec));
         let mut ready = self.ready.lock().expect("lock poisoned");
+        // A box that died waiting (killed by hand, the OOM killer) is reaped and
+        // dropped; `refill` replaces it.
+        ready.retain_mut(|b| !matches!(b.child.try_wait(), Ok(Some(_))));
         let i = ready.iter().rposition(|b| b.preloaded == preloaded)?;
         Some(ready.swap_remove(i))
     }
 
-    /// Makes boxes (on blocking threads) until `target` of each kind are ready or
-    /// being made.
+    /// Has boxes made until `target` of each kind are ready or being made.
     fn refill(self: &Arc<Self>) {
         if self.closed.load(Ordering::SeqCst) {
             return;
         }
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        let Some(maker) = self.maker() else {
             return;
         };
         let kinds: &[bool] = if self.preload.get().is_some() {
@@ -758,10 +763,49 @@ impl BoxPool {
             let making = counter.load(Ordering::SeqCst);
             for _ in (have + making)..self.target {
                 counter.fetch_add(1, Ordering::SeqCst);
-                let pool = self.clone();
-                rt.spawn_blocking(move || pool.make_one(preloaded));
+                if maker.send(preloaded).is_err() {
+                    counter.fetch_sub(1, Ordering::SeqCst);
+                    return;
+                }
             }
         }
+    }
+
+    /// The threads that make the boxes, started on first use; they live as long as
+    /// the pool. Not the runtime's blocking threads: a box's `PDEATHSIG` fires when
+    /// the *thread* that forked it ends, and the runtime retires a blocking thread
+    /// after 10 s idle — which killed every box made ahead, and every instance
+    /// started in one, 10 s after it was made. Two, so that one box's cgroup move
+    /// (a wait, not work) does not hold up the next.
+    fn maker(self: &Arc<Self>) -> Option<&std::sync::mpsc::Sender<bool>> {
+        if let Some(tx) = self.maker.get() {
+            return Some(tx);
+        }
+        // `tokio::process` wants the runtime's context to spawn children in.
+        let rt = tokio::runtime::Handle::try_current().ok()?;
+        Some(self.maker.get_or_init(|| {
+            let (tx, rx) = std::sync::mpsc::channel::<bool>();
+            let rx = Arc::new(Mutex::new(rx));
+            for i in 0..2 {
+                let (rt, rx, pool) = (rt.clone(), rx.clone(), Arc::downgrade(self));
+                let started = std::thread::Builder::new()
+                    .name(format!("box-maker-{i}"))
+                    .spawn(move || {
+                        let _rt = rt.enter();
+                        loop {
+                            let next = rx.lock().expect("lock poisoned").recv();
+                            let (Ok(preloaded), Some(pool)) = (next, pool.upgrade()) else {
+                                break;
+                            };
+                            pool.make_one(preloaded);
+                        }
+                    });
+                if let Err(e) = started {
+                    tracing::warn!(error = %e, "cannot start a box maker thread");
+                }
+            }
+            tx
+        }))
     }
 
     fn make_one(&self, preloaded: bool) {
