@@ -4,7 +4,9 @@
 //!
 //! Floors: an HTTP keep-alive round trip on loopback; NATS request/reply through the
 //! legs of a synchronous invocation (client → A → B → client, trivial responders);
-//! a bare process start (native no-op, `python3 -I -S -c pass`).
+//! one Lambda Runtime API exchange with a warm native child (the native function's
+//! own program against a minimal Runtime API); a bare process start (native no-op,
+//! `python3 -I -S -c pass`).
 //! Nimbus: warm sync invokes (native `provided` function built with lambda_runtime,
 //! Python no-op) at concurrency 1 and 32; cold starts; Event throughput end to end;
 //! service memory idle and under load.
@@ -277,6 +279,146 @@ async fn bare_init_floor(
     stats(&h, started.elapsed())
 }
 
+/// One HTTP/1.1 request off `conn` (headers and a `Content-Length` body): its
+/// request line, or `None` at end of stream.
+async fn read_request(
+    conn: &mut tokio::io::BufReader<tokio::net::TcpStream>,
+) -> std::io::Result<Option<String>> {
+    use tokio::io::AsyncBufReadExt;
+    let mut line = String::new();
+    if conn.read_line(&mut line).await? == 0 {
+        return Ok(None);
+    }
+    let request = line.trim_end().to_string();
+    let mut length = 0usize;
+    loop {
+        line.clear();
+        if conn.read_line(&mut line).await? == 0 {
+            return Ok(None);
+        }
+        let header = line.trim_end();
+        if header.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = header.split_once(':')
+            && k.eq_ignore_ascii_case("content-length")
+        {
+            length = v.trim().parse().unwrap_or(0);
+        }
+    }
+    let mut body = vec![0u8; length];
+    conn.read_exact(&mut body).await?;
+    Ok(Some(request))
+}
+
+/// One Lambda Runtime API exchange with a warm native child, the floor of what a
+/// worker adds to a warm invocation: the program a native function runs (the same
+/// `lambda_runtime` bootstrap), started once against a minimal Runtime API on
+/// loopback; each sample is the time from handing it an event (the answer to its
+/// waiting `GET …/next`) to having read its `POST …/response`.
+async fn runtime_api_floor(
+    program: &std::path::Path,
+    task_root: &std::path::Path,
+    n: usize,
+) -> Stats {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api = listener.local_addr().unwrap().to_string();
+    let mut child = tokio::process::Command::new(program)
+        .env_clear()
+        .envs([
+            ("AWS_LAMBDA_RUNTIME_API", api.as_str()),
+            ("_HANDLER", "bootstrap"),
+            ("LAMBDA_TASK_ROOT", task_root.to_str().unwrap()),
+            ("AWS_LAMBDA_FUNCTION_NAME", "bare"),
+            ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128"),
+            ("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST"),
+            ("AWS_LAMBDA_LOG_GROUP_NAME", "/aws/lambda/bare"),
+            ("AWS_LAMBDA_LOG_STREAM_NAME", "bare"),
+            ("AWS_REGION", "us-east-1"),
+            ("PATH", "/usr/local/bin:/usr/bin:/bin"),
+        ])
+        .current_dir(task_root)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("{}: {e}", program.display()));
+    // Connections may be new or kept alive: each is served on its own; a `/next`
+    // takes the next event from `events`, a response reports to `done`.
+    let (events_tx, events_rx) = tokio::sync::mpsc::channel::<u64>(1);
+    let events_rx = Arc::new(tokio::sync::Mutex::new(events_rx));
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::channel::<(u64, Instant)>(1);
+    let server = tokio::spawn(async move {
+        loop {
+            let Ok((conn, _)) = listener.accept().await else {
+                return;
+            };
+            let _ = conn.set_nodelay(true);
+            let (events_rx, done_tx) = (events_rx.clone(), done_tx.clone());
+            tokio::spawn(async move {
+                let mut conn = tokio::io::BufReader::new(conn);
+                while let Ok(Some(request)) = read_request(&mut conn).await {
+                    let reply = if request.starts_with("GET /2018-06-01/runtime/invocation/next") {
+                        let Some(id) = events_rx.lock().await.recv().await else {
+                            return;
+                        };
+                        let body = "{}";
+                        format!(
+                            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\
+                             Lambda-Runtime-Aws-Request-Id: req-{id}\r\n\
+                             Lambda-Runtime-Deadline-Ms: {}\r\n\
+                             Lambda-Runtime-Invoked-Function-Arn: arn:aws:lambda:us-east-1:000000000000:function:bare\r\n\
+                             Lambda-Runtime-Trace-Id: Root=1-0-0\r\n\
+                             Content-Length: {}\r\n\r\n{body}",
+                            std::time::SystemTime::now()
+                                .duration_since(std::time::UNIX_EPOCH)
+                                .unwrap()
+                                .as_millis()
+                                + 60_000,
+                            body.len()
+                        )
+                    } else if let Some(rest) =
+                        request.strip_prefix("POST /2018-06-01/runtime/invocation/req-")
+                    {
+                        let id = rest
+                            .split('/')
+                            .next()
+                            .and_then(|i| i.parse().ok())
+                            .unwrap_or(0);
+                        let _ = done_tx.send((id, Instant::now())).await;
+                        "HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n".to_string()
+                    } else {
+                        panic!("unexpected Runtime API request: {request}");
+                    };
+                    if conn.get_mut().write_all(reply.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let mut h = hist();
+    let started = Instant::now();
+    // One exchange first: the child's start is not part of the floor.
+    for id in 0..=n as u64 {
+        let t = Instant::now();
+        events_tx.send(id).await.unwrap();
+        let (done, at) = tokio::time::timeout(Duration::from_secs(10), done_rx.recv())
+            .await
+            .unwrap_or_else(|_| panic!("{} never answered event {id}", program.display()))
+            .unwrap();
+        assert_eq!(done, id, "a response for another event");
+        if id > 0 {
+            let _ = h.record(at.duration_since(t).as_micros().max(1) as u64);
+        }
+    }
+    let elapsed = started.elapsed();
+    server.abort();
+    let _ = child.kill().await;
+    stats(&h, elapsed)
+}
+
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -393,9 +535,16 @@ async fn main() {
         })
         .await
     };
+    let floor_dir = tempfile::tempdir().unwrap();
+    let exchange = runtime_api_floor(
+        &bin_dir().join("rust-echo-function"),
+        floor_dir.path(),
+        2000 / scale,
+    )
+    .await;
     let floor1 = Stats {
-        p50_ms: http1.p50_ms + nats1.p50_ms,
-        p99_ms: http1.p99_ms + nats1.p99_ms,
+        p50_ms: http1.p50_ms + nats1.p50_ms + exchange.p50_ms,
+        p99_ms: http1.p99_ms + nats1.p99_ms + exchange.p99_ms,
         rps: 0.0,
         n: 0,
     };
@@ -407,8 +556,14 @@ async fn main() {
     );
     out.rec("floor_nats_c32", "floor: NATS legs, c=32", &nats32, None);
     out.rec(
+        "floor_runtime_api_c1",
+        "floor: one Runtime API exchange with a warm native child (event → response)",
+        &exchange,
+        None,
+    );
+    out.rec(
         "floor_warm_c1",
-        "floor: HTTP + NATS legs (a warm invocation's floor), c=1",
+        "floor: HTTP + NATS legs + Runtime API exchange (a warm invocation's floor), c=1",
         &floor1,
         None,
     );
