@@ -390,24 +390,45 @@ async fn an_isolated_network_reaches_only_the_runtime_api() {
     cluster.stop();
 }
 
-/// Plain boxes the worker holds made ahead: the pids of inits with `--await` in
-/// their command lines that have not started a function yet (no child).
-fn waiting_boxes() -> Vec<String> {
+/// The parent pid of `pid`.
+fn parent_of(pid: &str) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(") ")?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// Children of `worker` with `arg` in their command lines.
+fn children_with_arg(worker: u32, arg: &[u8]) -> Vec<String> {
     std::fs::read_dir("/proc")
         .unwrap()
         .flatten()
         .map(|e| e.file_name().to_string_lossy().to_string())
         .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|c| c.split(|b| *b == 0).any(|a| a == b"--await"))
-                && std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-                    .is_ok_and(|c| c.trim().is_empty())
+            parent_of(pid) == Some(worker)
+                && std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|c| c.split(|b| *b == 0).any(|a| a == arg))
         })
         .collect()
 }
 
-fn boxes_waiting() -> usize {
-    waiting_boxes().len()
+/// Plain boxes `worker` holds made ahead: the pids of inits with `--await` in
+/// their command lines that have not started a function yet (no child).
+fn waiting_boxes(worker: u32) -> Vec<String> {
+    children_with_arg(worker, b"--await")
+        .into_iter()
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+                .is_ok_and(|c| c.trim().is_empty())
+        })
+        .collect()
+}
+
+fn boxes_waiting(worker: u32) -> usize {
+    waiting_boxes(worker).len()
 }
 
 /// A box made ahead (cgroup `b<n>`, the init waiting for its function), one with
@@ -426,6 +447,7 @@ async fn boxes_made_ahead_match_boxes_made_at_cold_start() {
         })
         .await;
         let doc = require_box(&cluster).await;
+        let worker = cluster.workers[0].pid().unwrap();
         let pid_ns = doc["workers"][0]["sandbox"]["pid_namespace"].to_string();
         assert!(
             pid_ns.contains(&format!("{ahead} boxes made ahead")),
@@ -441,7 +463,7 @@ async fn boxes_made_ahead_match_boxes_made_at_cold_start() {
             if ahead > 0 {
                 // The pool is full again (a taken box is replaced).
                 eventually(Duration::from_secs(10), "boxes made ahead", || async {
-                    (boxes_waiting() == ahead).then_some(())
+                    (boxes_waiting(worker) == ahead).then_some(())
                 })
                 .await;
             }
@@ -498,7 +520,7 @@ async fn boxes_made_ahead_match_boxes_made_at_cold_start() {
             assert!(tail.contains("probe_box ran as 1"), "{tail}");
         }
         if ahead == 0 {
-            assert_eq!(boxes_waiting(), 0);
+            assert_eq!(boxes_waiting(worker), 0);
         }
         cluster.stop();
     }
@@ -518,6 +540,7 @@ async fn boxes_made_ahead_and_their_instances_outlive_an_idle_spell() {
     })
     .await;
     require_box(&cluster).await;
+    let worker = cluster.workers[0].pid().unwrap();
     let create = |name: String, vars: Value| {
         let cluster = &cluster;
         async move {
@@ -550,14 +573,14 @@ async fn boxes_made_ahead_and_their_instances_outlive_an_idle_spell() {
         assert!(tail.contains("Init Duration"), "{name}: {tail}");
     }
     eventually(Duration::from_secs(10), "boxes made ahead", || async {
-        (boxes_waiting() == 2).then_some(())
+        (boxes_waiting(worker) == 2).then_some(())
     })
     .await;
-    let mut before = waiting_boxes();
+    let mut before = waiting_boxes(worker);
     before.sort();
     // Longer than the runtime keeps an idle blocking thread (10 s).
     tokio::time::sleep(Duration::from_secs(13)).await;
-    let mut after = waiting_boxes();
+    let mut after = waiting_boxes(worker);
     after.sort();
     assert_eq!(after, before, "the boxes made ahead are not the same");
     // The same instances answer: warm calls, no new start.
@@ -590,5 +613,146 @@ async fn boxes_made_ahead_and_their_instances_outlive_an_idle_spell() {
             "not a box made ahead: {cgroup}: {probe}"
         );
     }
+    cluster.stop();
+}
+
+/// A runtime that cannot start ahead (here a Python that refuses `--await-order`)
+/// costs no invocation: boxes that died waiting are dropped, its functions get
+/// plain boxes, and after a few such deaths the worker stops preloading.
+#[tokio::test]
+async fn a_runtime_that_cannot_start_ahead_gets_plain_boxes() {
+    let _serial = SERIAL.lock().await;
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::path::Path::new("/var/tmp").join(format!("nimbus-python-{}", unique()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let wrapper = dir.join("python3");
+    std::fs::write(
+        &wrapper,
+        "#!/bin/sh\nfor a in \"$@\"; do [ \"$a\" = --await-order ] && exit 3; done\nexec /usr/bin/python3 \"$@\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let cluster = Cluster::start(ClusterOpts {
+        env: vec![("NIMBUS_PYTHON".into(), wrapper.display().to_string())],
+        ..Default::default()
+    })
+    .await;
+    require_box(&cluster).await;
+    let worker = cluster.workers[0].pid().unwrap();
+    for i in 0..4 {
+        let name = format!("noahead-{i}");
+        cluster
+            .create_function(
+                &name,
+                "python3.12",
+                "app.probe_box",
+                &python_zip(),
+                json!({}),
+            )
+            .await;
+        let r = cluster.invoke(&name, &json!({})).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let probe = r.json();
+        assert_eq!(probe["preloaded"], false, "{probe}");
+        assert_eq!(probe["pids"], json!([1, 2]), "{probe}");
+    }
+    // No more boxes with the runtime started ahead are made.
+    eventually(Duration::from_secs(10), "preloading stopped", || async {
+        children_with_arg(worker, b"--preload")
+            .is_empty()
+            .then_some(())
+    })
+    .await;
+    cluster.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The directory of this process's cgroup in the v1 hierarchy of `controller`.
+fn own_v1_cgroup(controller: &str) -> Option<std::path::PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let root = mounts.lines().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        let mut r = right.split_whitespace();
+        (r.next()? == "cgroup" && r.nth(1)?.split(',').any(|o| o == controller))
+            .then(|| left.split_whitespace().nth(4).map(std::path::PathBuf::from))?
+    })?;
+    let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let path = own.lines().find_map(|l| {
+        let mut parts = l.splitn(3, ':');
+        let (_, list, path) = (parts.next()?, parts.next()?, parts.next()?);
+        list.split(',').any(|c| c == controller).then_some(path)
+    })?;
+    Some(root.join(path.trim_start_matches('/')))
+}
+
+/// What a worker killed in the middle of a teardown leaves behind — a process in a
+/// frozen cgroup under the worker's own, waiting for a thaw forever — is ended and
+/// removed when a worker of the same id starts.
+#[tokio::test]
+async fn a_worker_ends_what_an_earlier_one_of_its_id_left_frozen() {
+    let _serial = SERIAL.lock().await;
+    let (Some(freezer), Some(pids)) = (own_v1_cgroup("freezer"), own_v1_cgroup("pids")) else {
+        panic!("this test needs the cgroup v1 freezer and pids hierarchies");
+    };
+    // Every cluster's first worker is `w1`.
+    let dirs = [
+        freezer.join("nimbus-w1/left-behind"),
+        pids.join("nimbus-w1/left-behind"),
+    ];
+    for d in &dirs {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let mut leftover = std::process::Command::new("sleep")
+        .arg("600")
+        .spawn()
+        .unwrap();
+    for d in &dirs {
+        std::fs::write(d.join("cgroup.procs"), leftover.id().to_string()).unwrap();
+    }
+    std::fs::write(dirs[0].join("freezer.state"), "FROZEN").unwrap();
+    // Frozen, a SIGKILL waits.
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(leftover.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        leftover.try_wait().unwrap().is_none(),
+        "the frozen process died"
+    );
+    let cluster = Cluster::start(ClusterOpts::default()).await;
+    require_box(&cluster).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = leftover.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the leftover still runs");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(!status.success(), "{status:?}");
+    for d in &dirs {
+        assert!(!d.exists(), "{} is still there", d.display());
+    }
+    let log = cluster.workers[0].log_text();
+    assert!(
+        log.contains("an earlier worker of this id left behind"),
+        "{log}"
+    );
+    // And the worker runs functions as ever.
+    cluster
+        .create_function(
+            "after-leftover",
+            "python3.12",
+            "app.handler",
+            &python_zip(),
+            json!({}),
+        )
+        .await;
+    let r = cluster
+        .invoke("after-leftover", &json!({"name": "x"}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
     cluster.stop();
 }

@@ -69,6 +69,7 @@ impl Cgroups {
                     cpu,
                 },
             };
+            cgroups.end_leftovers();
             for dir in cgroups.parents() {
                 remove_tree(dir);
                 std::fs::create_dir_all(dir)
@@ -116,14 +117,67 @@ impl Cgroups {
         std::fs::write(own_dir.join("cgroup.subtree_control"), &enable)
             .map_err(|e| format!("cannot enable {enable} in {}: {e}", own_dir.display()))?;
         let parent = own_dir.join(&name);
+        let cgroups = Self {
+            mode: Mode::V2 {
+                parent: parent.clone(),
+            },
+        };
+        cgroups.end_leftovers();
         remove_tree(&parent);
         std::fs::create_dir_all(&parent)
             .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
         std::fs::write(parent.join("cgroup.subtree_control"), &enable)
             .map_err(|e| format!("cannot enable {enable} in {}: {e}", parent.display()))?;
-        Ok(Self {
-            mode: Mode::V2 { parent },
-        })
+        Ok(cgroups)
+    }
+
+    /// Ends what an earlier worker of this id left in its cgroups, so they can be
+    /// removed: its boxes and instances die with it (`PDEATHSIG`), except those it
+    /// was tearing down when it died — frozen (v1), they wait for a thaw forever.
+    fn end_leftovers(&self) {
+        let parent = match &self.mode {
+            Mode::V2 { parent } => parent,
+            Mode::V1 { pids, .. } => pids,
+        };
+        let Ok(entries) = std::fs::read_dir(parent) else {
+            return;
+        };
+        let mut ended = 0;
+        for e in entries.flatten() {
+            if !e.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            let name = e.file_name();
+            match &self.mode {
+                Mode::V2 { parent } => {
+                    let _ = std::fs::write(parent.join(&name).join("cgroup.kill"), "1");
+                }
+                Mode::V1 { pids, freezer, .. } => {
+                    let procs = std::fs::read_to_string(pids.join(&name).join("cgroup.procs"))
+                        .unwrap_or_default();
+                    for pid in procs.split_whitespace().filter_map(|p| p.parse().ok()) {
+                        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                        ended += 1;
+                    }
+                    if let Some(f) = freezer {
+                        let _ = std::fs::write(f.join(&name).join("freezer.state"), "THAWED");
+                    }
+                }
+            }
+        }
+        if ended > 0 {
+            tracing::warn!(processes = ended, cgroup = %parent.display(), "ended processes an earlier worker of this id left behind");
+        }
+        // They leave their cgroups a moment after dying.
+        let until = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < until
+            && !self.parents().iter().all(|d| {
+                remove_tree(d);
+                !d.exists()
+            })
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     pub fn describe(&self) -> String {

@@ -195,8 +195,24 @@ fn await_order(args: &[String]) -> Result<Never, String> {
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
     use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+    // Only ever in a box: run by hand, its mounts would land on the host's.
+    let ns = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/mnt")).ok();
+    if ns("self").is_none() || ns("self") == ns("1") {
+        return Err(
+            "not in a mount namespace of its own: a box's init runs only in a box the worker made"
+                .into(),
+        );
+    }
     let fd = args.first().map(String::as_str).unwrap_or("");
     let fd: i32 = fd.parse().map_err(|_| format!("bad socket fd {fd:?}"))?;
+    // SAFETY: fstat on a descriptor number; it need not be open.
+    let is_socket = unsafe {
+        let mut st: nix::libc::stat = std::mem::zeroed();
+        nix::libc::fstat(fd, &mut st) == 0 && st.st_mode & nix::libc::S_IFMT == nix::libc::S_IFSOCK
+    };
+    if !is_socket {
+        return Err(format!("descriptor {fd} is not the worker's socket"));
+    }
     // SAFETY: the worker handed this descriptor to us for this purpose.
     let sock = unsafe { OwnedFd::from_raw_fd(fd) };
     let preloaded = match args.get(1).map(String::as_str) {
@@ -211,6 +227,13 @@ fn await_order(args: &[String]) -> Result<Never, String> {
         },
         Some(other) => return Err(format!("unexpected {other:?}")),
     };
+    // With the runtime started ahead: if pid 1 ends before the order comes (the
+    // runtime could not start), the box ends too, so the worker sees it dead
+    // instead of handing it a function. (A poll on a pidfd: after
+    // `unshare(CLONE_NEWPID)` this process cannot start threads.)
+    if let Some((pid1, _)) = &preloaded {
+        wait_for_order_or_exit(sock.as_raw_fd(), *pid1)?;
+    }
     let mut buf = vec![0u8; 256 * 1024];
     let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 1]);
     let (len, output) = loop {
@@ -288,6 +311,46 @@ fn await_order(args: &[String]) -> Result<Never, String> {
         Some(cstr(&order.runtime)?),
     );
     fork_pid_one(order.uid, None, argv, Some(envp), Some(mounts))
+}
+
+/// Returns when `sock` has something to read; exits (125) if `pid1` ends first.
+fn wait_for_order_or_exit(sock: i32, pid1: Pid) -> Result<(), String> {
+    use nix::libc;
+    // SAFETY: plain system calls on descriptors we own.
+    unsafe {
+        let pidfd = libc::syscall(libc::SYS_pidfd_open, pid1.as_raw(), 0) as i32;
+        if pidfd < 0 {
+            return Ok(()); // no pidfd (old kernel): the worker notices at the order
+        }
+        let mut fds = [
+            libc::pollfd {
+                fd: sock,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: pidfd,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        loop {
+            if libc::poll(fds.as_mut_ptr(), 2, -1) < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(format!("poll: {e}"));
+            }
+            if fds[0].revents != 0 {
+                libc::close(pidfd);
+                return Ok(());
+            }
+            if fds[1].revents != 0 {
+                std::process::exit(125);
+            }
+        }
+    }
 }
 
 /// For `--preload`: binds the runtime dir, then forks pid 1, which starts the

@@ -422,6 +422,8 @@ impl ProcessSandbox {
                     next: AtomicU64::new(1),
                     failures: AtomicU64::new(0),
                     maker: std::sync::OnceLock::new(),
+                    preload_deaths: AtomicU64::new(0),
+                    preload_used: AtomicBool::new(false),
                 })),
                 _ => None,
             },
@@ -694,6 +696,11 @@ fn as_limit(memory_mb: u32) -> u64 {
         .max(8 << 30)
 }
 
+/// Preloaded boxes dying before use, none used yet, after which only plain boxes
+/// are made (a runtime that cannot start ahead would otherwise fail every cold
+/// start it was given).
+const PRELOAD_DEATHS: u64 = 3;
+
 /// The largest `MemorySize` (Lambda's): a box made ahead has it until its
 /// function's is known.
 const MAX_MEMORY_MB: u32 = 10_240;
@@ -716,6 +723,9 @@ struct BoxPool {
     failures: AtomicU64,
     /// Orders for the maker thread: the kind of box to make.
     maker: std::sync::OnceLock<std::sync::mpsc::Sender<bool>>,
+    /// Preloaded boxes found dead before use, and whether one was ever used.
+    preload_deaths: AtomicU64,
+    preload_used: AtomicBool,
 }
 
 /// A box whose init waits for its [`init::Order`].
@@ -727,15 +737,44 @@ struct ReadyBox {
 }
 
 impl BoxPool {
-    /// A ready box for `spec`: one with its runtime started if there is one for it.
+    /// A ready box for `spec`: one with its runtime started if there is one for
+    /// it, else a plain one. Boxes that died waiting are dropped; preloading stops
+    /// (plain boxes serve everyone) after [`PRELOAD_DEATHS`] preloaded boxes died
+    /// waiting, none having been used.
     fn take(&self, spec: &SandboxSpec) -> Option<ReadyBox> {
-        let preloaded = self.preload.get().is_some_and(|p| p.serves(spec));
+        let wants_preloaded =
+            self.preload_works() && self.preload.get().is_some_and(|p| p.serves(spec));
         let mut ready = self.ready.lock().expect("lock poisoned");
-        // A box that died waiting (killed by hand, the OOM killer) is reaped and
-        // dropped; `refill` replaces it.
-        ready.retain_mut(|b| !matches!(b.child.try_wait(), Ok(Some(_))));
-        let i = ready.iter().rposition(|b| b.preloaded == preloaded)?;
-        Some(ready.swap_remove(i))
+        // A box that died waiting (its runtime could not start ahead, killed by
+        // hand, the OOM killer) is reaped and dropped; `refill` replaces it.
+        ready.retain_mut(|b| match b.child.try_wait() {
+            Ok(None) => true,
+            _ => {
+                if b.preloaded && self.preload_deaths.fetch_add(1, Ordering::SeqCst) + 1 == PRELOAD_DEATHS {
+                    tracing::warn!("boxes with the runtime started ahead die before use (the runtime exits before its order); making plain boxes only");
+                }
+                false
+            }
+        });
+        let kinds: &[bool] = if wants_preloaded {
+            &[true, false]
+        } else {
+            &[false]
+        };
+        for &preloaded in kinds {
+            if let Some(i) = ready.iter().rposition(|b| b.preloaded == preloaded) {
+                if preloaded {
+                    self.preload_used.store(true, Ordering::SeqCst);
+                }
+                return Some(ready.swap_remove(i));
+            }
+        }
+        None
+    }
+
+    fn preload_works(&self) -> bool {
+        self.preload_used.load(Ordering::SeqCst)
+            || self.preload_deaths.load(Ordering::SeqCst) < PRELOAD_DEATHS
     }
 
     /// Has boxes made until `target` of each kind are ready or being made.
@@ -746,7 +785,7 @@ impl BoxPool {
         let Some(maker) = self.maker() else {
             return;
         };
-        let kinds: &[bool] = if self.preload.get().is_some() {
+        let kinds: &[bool] = if self.preload.get().is_some() && self.preload_works() {
             &[false, true]
         } else {
             &[false]
@@ -835,17 +874,19 @@ impl BoxPool {
         use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
         let setup =
             |what: &str, e: &dyn std::fmt::Display| SandboxError::Setup(format!("{what}: {e}"));
-        let n = self.next.fetch_add(1, Ordering::Relaxed);
-        let cgroup = self
-            .cgroups
-            .create(
-                &format!("b{n}"),
-                Limits {
-                    memory_mb: MAX_MEMORY_MB,
-                    pids_max: self.pids_max,
-                },
-            )
-            .map_err(|e| setup("cgroup", &e))?;
+        let limits = Limits {
+            memory_mb: MAX_MEMORY_MB,
+            pids_max: self.pids_max,
+        };
+        // A name still held (a cgroup that could not be removed) is skipped.
+        let mut tries = 0;
+        let cgroup = loop {
+            let n = self.next.fetch_add(1, Ordering::Relaxed);
+            match self.cgroups.create(&format!("b{n}"), limits) {
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && tries < 8 => tries += 1,
+                made => break made.map_err(|e| setup("cgroup", &e))?,
+            }
+        };
         let join = cgroup.join_files().map_err(|e| setup("cgroup", &e))?;
         let join_fds: Vec<i32> = join.iter().map(AsRawFd::as_raw_fd).collect();
         let (ours, theirs) = socketpair(
