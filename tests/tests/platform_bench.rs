@@ -32,6 +32,7 @@ async fn a_tiny_platform_bench_reports_every_figure() {
         "floor_warm_c1",
         "floor_spawn_native",
         "floor_spawn_python",
+        "async_accept_to_start",
     ] {
         assert!(figures.contains_key(key), "{key} missing: {report}");
     }

@@ -8,7 +8,8 @@
 //! own program against a minimal Runtime API); a bare process start (native no-op,
 //! `python3 -I -S -c pass`).
 //! Nimbus: warm sync invokes (native `provided` function built with lambda_runtime,
-//! Python no-op) at concurrency 1 and 32; cold starts; Event throughput end to end;
+//! Python no-op) at concurrency 1 and 32; cold starts; Event latency from the 202 to
+//! the function's start, and Event throughput end to end;
 //! service memory idle and under load.
 //!
 //! `./scripts/bench` builds and runs it; it prints a markdown table and writes JSON
@@ -203,6 +204,9 @@ async fn spawn_floor(program: &std::path::Path, args: &[&str], n: usize) -> Stat
 /// The Python no-op: a module importing nothing, so the figures are the platform's
 /// and the interpreter's, not a test fixture's imports.
 const PYTHON_NOOP: &str = "def handler(event, context):\n    return None\n";
+
+/// A Python function returning when it started, in ns since the epoch.
+const PYTHON_CLOCK: &str = "import time\ndef handler(event, context):\n    return time.time_ns()\n";
 
 fn python_noop_zip() -> Vec<u8> {
     zip_files(&[("noop.py", PYTHON_NOOP.as_bytes(), false)])
@@ -789,6 +793,72 @@ async fn main() {
             json!(init_stats.p50_ms - bare.p50_ms),
         );
     }
+
+    // Async: from the 202 to the function's start, one Event at a time on a warm
+    // instance. The function returns when it started (ns since the epoch, this
+    // host's clock); its on-success record brings that back.
+    cluster
+        .create_function(
+            "python-clock",
+            "python3.12",
+            "clock.handler",
+            &zip_files(&[("clock.py", PYTHON_CLOCK.as_bytes(), false)]),
+            json!({}),
+        )
+        .await;
+    let resp = client
+        .put(cluster.url("/2019-09-25/functions/python-clock/event-invoke-config"))
+        .json(
+            &json!({"DestinationConfig": {"OnSuccess": {"Destination": "nats:bench.async.clock"}}}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success());
+    let mut clock = nc.subscribe("bench.async.clock").await.unwrap();
+    nc.flush().await.unwrap();
+    let warm = client
+        .post(invoke_url("python-clock"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert!(warm.status().is_success());
+    let unix_ns = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64
+    };
+    let mut to_start = hist();
+    let t_all = Instant::now();
+    for _ in 0..(200 / scale).max(3) {
+        let r = client
+            .post(invoke_url("python-clock"))
+            .header("X-Amz-Invocation-Type", "Event")
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 202);
+        let accepted = unix_ns();
+        let rec = tokio::time::timeout(Duration::from_secs(30), clock.next())
+            .await
+            .expect("no on-success record within 30 s")
+            .unwrap();
+        let doc: Value = serde_json::from_slice(&rec.payload).unwrap();
+        let started = doc["responsePayload"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no start time in the record: {doc}"));
+        // A start before the 202 reached us counts as no wait at all.
+        let _ = to_start.record((started.saturating_sub(accepted) / 1000).max(1));
+    }
+    out.rec(
+        "async_accept_to_start",
+        "Event invoke: 202 → the function starts (one at a time, warm instance)",
+        &stats(&to_start, t_all.elapsed()),
+        None,
+    );
 
     // Async: Event invocations accepted → completed (on-success records).
     let mut done = nc.subscribe("bench.async.done").await.unwrap();
