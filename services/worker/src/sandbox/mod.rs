@@ -762,11 +762,14 @@ impl BoxPool {
             &[false]
         };
         for &preloaded in kinds {
-            if let Some(i) = ready.iter().rposition(|b| b.preloaded == preloaded) {
+            // The oldest: a box just made may still be starting its runtime (a
+            // Python box needs ~20 ms before it can take its order), and taking the
+            // newest made every other cold start of a quick series wait for that.
+            if let Some(i) = ready.iter().position(|b| b.preloaded == preloaded) {
                 if preloaded {
                     self.preload_used.store(true, Ordering::SeqCst);
                 }
-                return Some(ready.swap_remove(i));
+                return Some(ready.remove(i));
             }
         }
         None
