@@ -240,6 +240,20 @@ async fn retries_dead_letters_redrive_and_destinations() {
     assert_eq!(rec["requestContext"]["condition"], "Success");
     assert_eq!(rec["responsePayload"]["greeting"], "hello dest");
     assert_eq!(rec["requestPayload"]["name"], "dest");
+    // Once: a core subscriber (no stream) does not answer the record like a
+    // JetStream ack would, and that once made the scheduler send it again and again
+    // (each attempt waited 5 s for an ack).
+    let again = tokio::time::timeout(Duration::from_secs(8), sub.next()).await;
+    assert!(
+        again.is_err(),
+        "the record came again: {:?}",
+        again
+            .ok()
+            .flatten()
+            .map(|m| String::from_utf8_lossy(&m.payload).to_string())
+    );
+    let log = cluster.scheduler.log_text();
+    assert!(!log.contains("record not delivered"), "{log}");
     cluster.stop();
 }
 

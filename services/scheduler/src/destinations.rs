@@ -84,7 +84,13 @@ pub struct Deliverer {
     pub nats: async_nats::Client,
     pub js: jetstream::Context,
     pub subjects: Subjects,
+    /// Whether a stream captures a user's subject, and when that was looked up.
+    pub captured: std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, bool)>>,
 }
+
+/// How long whether a stream captures a subject is remembered: a stream made later
+/// is used within this.
+const CAPTURED_TTL: Duration = Duration::from_secs(5);
 
 impl Deliverer {
     /// Sends `record` to `destination`, or to the DLQ when there is none.
@@ -142,46 +148,54 @@ impl Deliverer {
 
     /// A user's subject: through JetStream when a stream captures it (acknowledged),
     /// else a core publish flushed to the server (at most once, as core NATS is).
+    ///
+    /// Which one is looked up, not inferred from a JetStream publish: with no stream
+    /// but a core subscriber on the subject, that subscriber receives the publish as
+    /// a request it never answers, so no "no responders" comes back — the publish
+    /// timed out, the record counted as undelivered, and it was sent again and again.
     async fn publish_user(
         &self,
         subject: &str,
         request_id: &str,
         body: Bytes,
     ) -> Result<(), DeliveryError> {
+        let err = |reason: String| DeliveryError::Publish {
+            subject: subject.into(),
+            reason,
+        };
         let mut headers = async_nats::HeaderMap::new();
         headers.insert("Nats-Msg-Id", format!("dest:{request_id}").as_str());
         headers.insert("Nimbus-Request-Id", request_id);
-        match self
-            .js
-            .publish_with_headers(subject.to_string(), headers.clone(), body.clone())
-            .await
-        {
-            Ok(ack) => match tokio::time::timeout(Duration::from_secs(5), ack).await {
-                Ok(Ok(_)) => return Ok(()),
-                Ok(Err(e)) if e.kind() == jetstream::context::PublishErrorKind::StreamNotFound => {}
-                Ok(Err(e)) => {
-                    return Err(DeliveryError::Publish {
-                        subject: subject.into(),
-                        reason: e.to_string(),
-                    });
-                }
-                Err(_) => {
-                    return Err(DeliveryError::Publish {
-                        subject: subject.into(),
-                        reason: "no acknowledgement".into(),
-                    });
-                }
-            },
-            Err(e) => {
-                return Err(DeliveryError::Publish {
-                    subject: subject.into(),
-                    reason: e.to_string(),
-                });
-            }
+        if self.stream_captures(subject).await.map_err(err)? {
+            return self.js_publish(subject.to_string(), headers, body).await;
         }
-        // No stream: JetStream's publish already reached core subscribers once
-        // (a publish is a publish); nothing more to send.
-        Ok(())
+        self.nats
+            .publish_with_headers(subject.to_string(), headers, body)
+            .await
+            .map_err(|e| err(e.to_string()))?;
+        tokio::time::timeout(Duration::from_secs(5), self.nats.flush())
+            .await
+            .map_err(|_| err("the server did not take it".into()))?
+            .map_err(|e| err(e.to_string()))
+    }
+
+    /// Whether a stream captures `subject` (remembered for [`CAPTURED_TTL`]).
+    async fn stream_captures(&self, subject: &str) -> Result<bool, String> {
+        let now = std::time::Instant::now();
+        if let Some((at, yes)) = self.captured.lock().expect("lock poisoned").get(subject)
+            && now.duration_since(*at) < CAPTURED_TTL
+        {
+            return Ok(*yes);
+        }
+        let yes = match self.js.stream_by_subject(subject).await {
+            Ok(_) => true,
+            Err(e) if e.kind() == jetstream::context::GetStreamByNameErrorKind::NotFound => false,
+            Err(e) => return Err(format!("which stream captures it: {e}")),
+        };
+        let mut captured = self.captured.lock().expect("lock poisoned");
+        captured.retain(|_, (at, _)| now.duration_since(*at) < CAPTURED_TTL);
+        captured.insert(subject.to_string(), (now, yes));
+        Ok(yes)
     }
 
     pub async fn js_publish(

@@ -99,6 +99,7 @@ pub async fn run(
         nats: nats.clone(),
         js: topology.js.clone(),
         subjects: subjects.clone(),
+        captured: Default::default(),
     });
     let runner = Arc::new(triggers::TriggerRunner {
         nats: nats.clone(),
