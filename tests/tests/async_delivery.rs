@@ -252,6 +252,42 @@ async fn retries_dead_letters_redrive_and_destinations() {
             .flatten()
             .map(|m| String::from_utf8_lossy(&m.payload).to_string())
     );
+    // A subject a stream captures gets the record through JetStream, once.
+    let js = async_nats::jetstream::new(nc.clone());
+    let mut stream = js
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: "USER_RESULTS".into(),
+            subjects: vec!["captured.>".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let (s, body) = put_config(
+        &cluster,
+        "fine",
+        json!({"DestinationConfig": {"OnSuccess": {"Destination": "nats:captured.ok"}}}),
+    )
+    .await;
+    assert_eq!(s, 200, "{body}");
+    event(&cluster, "fine", json!({"name": "kept"})).await;
+    eventually(
+        Duration::from_secs(30),
+        "the record in the stream",
+        || async {
+            let mut st = js.get_stream("USER_RESULTS").await.ok()?;
+            let n = st.info().await.ok()?.state.messages;
+            (n > 0).then_some(())
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(stream.info().await.unwrap().state.messages, 1);
+    let kept = stream
+        .get_last_raw_message_by_subject("captured.ok")
+        .await
+        .unwrap();
+    let rec: Value = serde_json::from_slice(&kept.payload).unwrap();
+    assert_eq!(rec["requestPayload"]["name"], "kept");
     let log = cluster.scheduler.log_text();
     assert!(!log.contains("record not delivered"), "{log}");
     cluster.stop();
