@@ -614,6 +614,11 @@ async fn boxes_made_ahead_and_their_instances_outlive_an_idle_spell() {
         );
     }
     cluster.stop();
+    // Its boxes closed at the stop, the worker left no cgroup behind.
+    for controller in ["freezer", "pids", "memory"] {
+        let dir = own_v1_cgroup(controller).unwrap().join("nimbus-w1");
+        assert!(!dir.exists(), "{} is left behind", dir.display());
+    }
 }
 
 /// A runtime that cannot start ahead (here a Python that refuses `--await-order`)

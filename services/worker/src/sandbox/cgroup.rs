@@ -169,15 +169,7 @@ impl Cgroups {
             tracing::warn!(processes = ended, cgroup = %parent.display(), "ended processes an earlier worker of this id left behind");
         }
         // They leave their cgroups a moment after dying.
-        let until = Instant::now() + Duration::from_secs(2);
-        while Instant::now() < until
-            && !self.parents().iter().all(|d| {
-                remove_tree(d);
-                !d.exists()
-            })
-        {
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.remove_within(Duration::from_secs(2));
     }
 
     pub fn describe(&self) -> String {
@@ -413,10 +405,27 @@ impl InstanceCgroup {
 }
 
 impl Cgroups {
-    /// Removes this worker's parent cgroups (at exit; they must be empty).
+    /// Removes this worker's parent cgroups (at exit), waiting up to a second for
+    /// what was just killed to leave them (the boxes closed at drain).
     pub fn remove(&self) {
-        for d in self.parents() {
-            remove_tree(d);
+        if !self.remove_within(Duration::from_secs(1)) {
+            tracing::warn!("the worker's cgroups are still busy; left behind");
+        }
+    }
+
+    /// Removes the parent cgroups and everything under them, retrying until `within`
+    /// has passed; whether they are gone.
+    fn remove_within(&self, within: Duration) -> bool {
+        let until = Instant::now() + within;
+        loop {
+            let gone = self.parents().iter().all(|d| {
+                remove_tree(d);
+                !d.exists()
+            });
+            if gone || Instant::now() >= until {
+                return gone;
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
