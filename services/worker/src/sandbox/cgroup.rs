@@ -71,7 +71,6 @@ impl Cgroups {
             };
             cgroups.end_leftovers();
             for dir in cgroups.parents() {
-                remove_tree(dir);
                 std::fs::create_dir_all(dir)
                     .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
             }
@@ -123,7 +122,6 @@ impl Cgroups {
             },
         };
         cgroups.end_leftovers();
-        remove_tree(&parent);
         std::fs::create_dir_all(&parent)
             .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
         std::fs::write(parent.join("cgroup.subtree_control"), &enable)
@@ -131,18 +129,16 @@ impl Cgroups {
         Ok(cgroups)
     }
 
-    /// Ends what an earlier worker of this id left in its cgroups, so they can be
-    /// removed: its boxes and instances die with it (`PDEATHSIG`), except those it
-    /// was tearing down when it died — frozen (v1), they wait for a thaw forever.
+    /// Ends what an earlier worker of this id left in its cgroups, then removes
+    /// them: its boxes and instances die with it (`PDEATHSIG`), except those it was
+    /// tearing down when it died — frozen (v1), they wait for a thaw forever.
     fn end_leftovers(&self) {
         let parent = match &self.mode {
             Mode::V2 { parent } => parent,
             Mode::V1 { pids, .. } => pids,
         };
-        let Ok(entries) = std::fs::read_dir(parent) else {
-            return;
-        };
         let mut ended = 0;
+        let entries = std::fs::read_dir(parent).into_iter().flatten();
         for e in entries.flatten() {
             if !e.file_type().is_ok_and(|t| t.is_dir()) {
                 continue;
