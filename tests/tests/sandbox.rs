@@ -43,6 +43,13 @@ async fn require_box(cluster: &Cluster) -> Value {
     doc
 }
 
+/// Deploys the probe (`app.probe_box`: what a function sees of its box) as `name`.
+async fn create_probe(cluster: &Cluster, name: &str, config: Value) {
+    cluster
+        .create_function(name, "python3.12", "app.probe_box", &python_zip(), config)
+        .await;
+}
+
 /// Processes on the host owned by `uid`.
 fn processes_of(uid: u64) -> Vec<u32> {
     let mut out = vec![];
@@ -80,15 +87,12 @@ async fn functions_cannot_see_each_other_or_the_worker() {
     let keeper_secret = format!("keeper-secret-{}", unique());
     let prober_secret = format!("prober-secret-{}", unique());
     for (name, secret) in [("keeper", &keeper_secret), ("prober", &prober_secret)] {
-        cluster
-            .create_function(
-                name,
-                "python3.12",
-                "app.probe_box",
-                &python_zip(),
-                json!({"Environment": {"Variables": {"SECRET": secret}}}),
-            )
-            .await;
+        create_probe(
+            &cluster,
+            name,
+            json!({"Environment": {"Variables": {"SECRET": secret}}}),
+        )
+        .await;
     }
     // The keeper writes a file into its /tmp and stays warm (its process, with its
     // secret in its environment, lives on).
@@ -472,15 +476,12 @@ async fn boxes_made_ahead_match_boxes_made_at_cold_start() {
             if let Some((k, v)) = extra {
                 vars[k] = json!(v);
             }
-            cluster
-                .create_function(
-                    &name,
-                    "python3.12",
-                    "app.probe_box",
-                    &python_zip(),
-                    json!({"MemorySize": memory, "Environment": {"Variables": vars}}),
-                )
-                .await;
+            create_probe(
+                &cluster,
+                &name,
+                json!({"MemorySize": memory, "Environment": {"Variables": vars}}),
+            )
+            .await;
             let r = cluster
                 .invoke(&name, &json!({"own": "mine-value", "write_tmp": "x"}))
                 .await;
@@ -541,20 +542,6 @@ async fn boxes_made_ahead_and_their_instances_outlive_an_idle_spell() {
     .await;
     require_box(&cluster).await;
     let worker = cluster.workers[0].pid().unwrap();
-    let create = |name: String, vars: Value| {
-        let cluster = &cluster;
-        async move {
-            cluster
-                .create_function(
-                    &name,
-                    "python3.12",
-                    "app.probe_box",
-                    &python_zip(),
-                    json!({"Environment": {"Variables": vars}}),
-                )
-                .await;
-        }
-    };
     let tail_of = |name: &'static str| {
         let cluster = &cluster;
         async move {
@@ -566,8 +553,9 @@ async fn boxes_made_ahead_and_their_instances_outlive_an_idle_spell() {
         }
     };
     // One instance in a box with Python started ahead, one in a plain box.
-    create("idle-py".into(), json!({})).await;
-    create("idle-plain".into(), json!({"PYTHONDONTWRITEBYTECODE": "1"})).await;
+    create_probe(&cluster, "idle-py", json!({})).await;
+    let plain = json!({"Environment": {"Variables": {"PYTHONDONTWRITEBYTECODE": "1"}}});
+    create_probe(&cluster, "idle-plain", plain).await;
     for name in ["idle-py", "idle-plain"] {
         let tail = tail_of(name).await;
         assert!(tail.contains("Init Duration"), "{name}: {tail}");
@@ -601,7 +589,7 @@ async fn boxes_made_ahead_and_their_instances_outlive_an_idle_spell() {
     .enumerate()
     {
         let name = format!("idle-new-{i}");
-        create(name.clone(), vars).await;
+        create_probe(&cluster, &name, json!({"Environment": {"Variables": vars}})).await;
         let r = cluster.invoke(&name, &json!({})).await;
         assert_eq!(r.status, 200, "{}", r.text());
         let probe = r.json();
@@ -647,15 +635,7 @@ async fn a_runtime_that_cannot_start_ahead_gets_plain_boxes() {
     let worker = cluster.workers[0].pid().unwrap();
     for i in 0..4 {
         let name = format!("noahead-{i}");
-        cluster
-            .create_function(
-                &name,
-                "python3.12",
-                "app.probe_box",
-                &python_zip(),
-                json!({}),
-            )
-            .await;
+        create_probe(&cluster, &name, json!({})).await;
         let r = cluster.invoke(&name, &json!({})).await;
         assert_eq!(r.status, 200, "{}", r.text());
         let probe = r.json();

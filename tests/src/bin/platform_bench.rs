@@ -212,6 +212,42 @@ fn python_noop_zip() -> Vec<u8> {
     zip_files(&[("noop.py", PYTHON_NOOP.as_bytes(), false)])
 }
 
+/// A function's runtime program started bare — no worker, no box — with the
+/// environment a worker gives it, against the Runtime API at `api`.
+fn spawn_bare(
+    program: &std::path::Path,
+    args: &[&str],
+    task_root: &std::path::Path,
+    handler: &str,
+    api: &str,
+) -> tokio::process::Child {
+    tokio::process::Command::new(program)
+        .args(args)
+        .env_clear()
+        .envs([
+            ("AWS_LAMBDA_RUNTIME_API", api),
+            ("_HANDLER", handler),
+            ("LAMBDA_TASK_ROOT", task_root.to_str().unwrap()),
+            ("AWS_LAMBDA_FUNCTION_NAME", "bare"),
+            ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128"),
+            ("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST"),
+            ("AWS_LAMBDA_LOG_GROUP_NAME", "/aws/lambda/bare"),
+            ("AWS_LAMBDA_LOG_STREAM_NAME", "bare"),
+            ("AWS_REGION", "us-east-1"),
+            ("PATH", "/usr/local/bin:/usr/bin:/bin"),
+            ("LANG", "C.UTF-8"),
+            ("TZ", ":UTC"),
+            ("PYTHONUNBUFFERED", "1"),
+        ])
+        .current_dir(task_root)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("{}: {e}", program.display()))
+}
+
 /// The same runtime program a cold start runs, started bare (no worker, no box)
 /// against a stand-in Runtime API: spawn → its first `GET …/invocation/next`. What a
 /// cold start adds beyond this is the platform's.
@@ -228,31 +264,7 @@ async fn bare_init_floor(
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let api = listener.local_addr().unwrap().to_string();
         let t = Instant::now();
-        let mut child = tokio::process::Command::new(program)
-            .args(args)
-            .env_clear()
-            .envs([
-                ("AWS_LAMBDA_RUNTIME_API", api.as_str()),
-                ("_HANDLER", handler),
-                ("LAMBDA_TASK_ROOT", task_root.to_str().unwrap()),
-                ("AWS_LAMBDA_FUNCTION_NAME", "bare"),
-                ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128"),
-                ("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST"),
-                ("AWS_LAMBDA_LOG_GROUP_NAME", "/aws/lambda/bare"),
-                ("AWS_LAMBDA_LOG_STREAM_NAME", "bare"),
-                ("AWS_REGION", "us-east-1"),
-                ("PATH", "/usr/local/bin:/usr/bin:/bin"),
-                ("LANG", "C.UTF-8"),
-                ("TZ", ":UTC"),
-                ("PYTHONUNBUFFERED", "1"),
-            ])
-            .current_dir(task_root)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap_or_else(|e| panic!("{}: {e}", program.display()));
+        let mut child = spawn_bare(program, args, task_root, handler, &api);
         let first = tokio::time::timeout(Duration::from_secs(10), async {
             let (mut conn, _) = listener.accept().await?;
             let mut buf = Vec::new();
@@ -327,27 +339,7 @@ async fn runtime_api_floor(
 ) -> Stats {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let api = listener.local_addr().unwrap().to_string();
-    let mut child = tokio::process::Command::new(program)
-        .env_clear()
-        .envs([
-            ("AWS_LAMBDA_RUNTIME_API", api.as_str()),
-            ("_HANDLER", "bootstrap"),
-            ("LAMBDA_TASK_ROOT", task_root.to_str().unwrap()),
-            ("AWS_LAMBDA_FUNCTION_NAME", "bare"),
-            ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128"),
-            ("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST"),
-            ("AWS_LAMBDA_LOG_GROUP_NAME", "/aws/lambda/bare"),
-            ("AWS_LAMBDA_LOG_STREAM_NAME", "bare"),
-            ("AWS_REGION", "us-east-1"),
-            ("PATH", "/usr/local/bin:/usr/bin:/bin"),
-        ])
-        .current_dir(task_root)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap_or_else(|e| panic!("{}: {e}", program.display()));
+    let mut child = spawn_bare(program, &[], task_root, "bootstrap", &api);
     // Connections may be new or kept alive: each is served on its own; a `/next`
     // takes the next event from `events`, a response reports to `done`.
     let (events_tx, events_rx) = tokio::sync::mpsc::channel::<u64>(1);
