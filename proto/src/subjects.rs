@@ -42,6 +42,23 @@ pub const NATS_SERVICE_USER: &str = "nimbus";
 /// The NATS user of users' publishers (trigger subjects only).
 pub const NATS_PUBLISHER_USER: &str = "publisher";
 
+/// `GOMAXPROCS` for a nats-server started on the services' own machine (`nimbus up`,
+/// the test clusters, the platform benchmark): half the cores, at least one — unless
+/// the environment already sets it (`None`: leave it). A Go runtime with idle
+/// processors wakes and spins a thread for every message it readies; beside four
+/// other processes on two cores that cost nats-server ~40% more CPU per invocation
+/// and the invocation ~10% of its latency and throughput (docs/PERFORMANCE.md).
+pub fn local_nats_gomaxprocs() -> Option<String> {
+    gomaxprocs_for(
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+        std::env::var_os("GOMAXPROCS").is_some(),
+    )
+}
+
+fn gomaxprocs_for(cores: usize, already_set: bool) -> Option<String> {
+    (!already_set).then(|| (cores / 2).max(1).to_string())
+}
+
 impl Subjects {
     pub fn new(prefix: &str) -> Result<Self, SubjectError> {
         if prefix.split('.').all(valid_token) {
@@ -186,6 +203,14 @@ impl Subjects {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_local_nats_server_gets_half_the_cores_unless_told() {
+        assert_eq!(super::gomaxprocs_for(1, false).as_deref(), Some("1"));
+        assert_eq!(super::gomaxprocs_for(2, false).as_deref(), Some("1"));
+        assert_eq!(super::gomaxprocs_for(16, false).as_deref(), Some("8"));
+        assert_eq!(super::gomaxprocs_for(16, true), None);
+    }
+
     use super::*;
 
     #[test]

@@ -227,6 +227,9 @@ impl Nats {
         std::fs::create_dir_all(&ports).expect("ports dir");
         let mut cmd = Command::new(nats_server_bin());
         cmd.arg("-c").arg(&conf).arg("--ports_file_dir").arg(&ports);
+        if let Some(procs) = nimbus_proto::subjects::local_nats_gomaxprocs() {
+            cmd.env("GOMAXPROCS", procs);
+        }
         let proc = Proc::spawn("nats-server", cmd, dir.path());
         let deadline = Instant::now() + Duration::from_secs(15);
         let url = loop {

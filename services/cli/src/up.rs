@@ -321,7 +321,11 @@ async fn start_all(
     procs: &mut Vec<Proc>,
 ) -> anyhow::Result<()> {
     let nats_log = std::fs::File::create(data.join("nats/nats-server.log"))?;
-    let mut nats = Command::new(nats_bin)
+    let mut nats = Command::new(nats_bin);
+    if let Some(procs) = nimbus_proto::subjects::local_nats_gomaxprocs() {
+        nats.env("GOMAXPROCS", procs);
+    }
+    let mut nats = nats
         .arg("-c")
         .arg(conf)
         .stdout(Stdio::from(nats_log.try_clone()?))

@@ -500,10 +500,15 @@ async fn main() {
         &http32,
         None,
     );
-    // NATS legs: client → a → b → client.
-    let mut a = nc.subscribe("bench.floor.a").await.unwrap();
-    let mut b = nc.subscribe("bench.floor.b").await.unwrap();
-    let nca = nc.clone();
+    // NATS legs: client → a → b → client, each its own connection as the gateway,
+    // the scheduler and the worker are (on one connection nats-server hands all
+    // three messages back to one socket).
+    let nca = cluster.nats_client().await;
+    let ncb = cluster.nats_client().await;
+    let mut a = nca.subscribe("bench.floor.a").await.unwrap();
+    let mut b = ncb.subscribe("bench.floor.b").await.unwrap();
+    nca.flush().await.unwrap();
+    ncb.flush().await.unwrap();
     tokio::spawn(async move {
         while let Some(m) = a.next().await {
             if let Some(reply) = m.reply {
@@ -513,7 +518,6 @@ async fn main() {
             }
         }
     });
-    let ncb = nc.clone();
     tokio::spawn(async move {
         while let Some(m) = b.next().await {
             if let Some(reply) = m.reply {
