@@ -73,6 +73,45 @@ async fn start_up(data: &std::path::Path, gw: u16, nats: u16) -> Proc {
     up
 }
 
+/// A port still held (an earlier `nimbus up`'s nats-server, say) stops `nimbus up`
+/// at once with a message naming it, before anything starts.
+#[tokio::test]
+async fn up_refuses_a_port_in_use_and_names_it() {
+    let _serial = SERIAL.lock().await;
+    let base = tempfile::tempdir().unwrap();
+    let data = base.path().join("data");
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy = held.local_addr().unwrap().port();
+    let free = free_port();
+    for (gw, nats, flag) in [(free, busy, "--nats-port"), (busy, free, "--gateway-addr")] {
+        let out = Command::new(bin("nimbus"))
+            .env("NIMBUS_NATS_SERVER", nats_server_bin())
+            .args(["up", "--data-dir"])
+            .arg(&data)
+            .args([
+                "--gateway-addr",
+                &format!("127.0.0.1:{gw}"),
+                "--nats-port",
+                &nats.to_string(),
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .expect("running nimbus up");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "nimbus up started on a busy port");
+        assert!(
+            stderr.contains(&format!("127.0.0.1:{busy} is already in use"))
+                && stderr.contains(flag),
+            "the error names the port and its flag: {stderr}"
+        );
+        assert!(
+            !data.join("nats/nats.conf").exists(),
+            "nothing was set up before the check"
+        );
+    }
+    drop(held);
+}
+
 #[tokio::test]
 async fn up_runs_a_cluster_that_survives_restart() {
     let _serial = SERIAL.lock().await;

@@ -201,7 +201,23 @@ async fn wait_for_port(addr: &str, what: &str, child: &mut Child) -> anyhow::Res
     bail!("{what} did not start listening on {addr}")
 }
 
+/// Fails when `addr` cannot be listened on. Checked before anything starts: a
+/// nats-server of an earlier `nimbus up` still on the port would answer the start-up
+/// probe in place of the new one (whose own start fails), and the services would
+/// then be refused by it for want of its passwords.
+fn ensure_free(addr: &str, flag: &str) -> anyhow::Result<()> {
+    match std::net::TcpListener::bind(addr) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => bail!(
+            "{addr} is already in use (another `nimbus up` or nats-server?): stop it, or choose another address with {flag}"
+        ),
+        Err(e) => Err(e).with_context(|| format!("cannot listen on {addr} ({flag})")),
+    }
+}
+
 pub async fn up(args: UpArgs) -> anyhow::Result<()> {
+    ensure_free(&format!("127.0.0.1:{}", args.nats_port), "--nats-port")?;
+    ensure_free(&args.gateway_addr, "--gateway-addr")?;
     let data = std::path::absolute(&args.data_dir)?;
     std::fs::create_dir_all(data.join("nats"))
         .with_context(|| format!("creating {}", data.display()))?;
