@@ -33,7 +33,8 @@ fn cli(data: &std::path::Path, endpoint: &str, args: &[&str]) -> (bool, String, 
     )
 }
 
-async fn start_up(data: &std::path::Path, gw: u16, nats: u16) -> Proc {
+/// `nimbus up` on `data` with the gateway on `gw` and nats-server on `nats`.
+fn up_cmd(data: &std::path::Path, gw: u16, nats: u16) -> Command {
     let mut cmd = Command::new(bin("nimbus"));
     cmd.env("NIMBUS_NATS_SERVER", nats_server_bin())
         .args(["up", "--data-dir"])
@@ -43,10 +44,14 @@ async fn start_up(data: &std::path::Path, gw: u16, nats: u16) -> Proc {
             &format!("127.0.0.1:{gw}"),
             "--nats-port",
             &nats.to_string(),
-            "--workers",
-            "2",
         ])
         .stdin(Stdio::null());
+    cmd
+}
+
+async fn start_up(data: &std::path::Path, gw: u16, nats: u16) -> Proc {
+    let mut cmd = up_cmd(data, gw, nats);
+    cmd.args(["--workers", "2"]);
     let up = Proc::spawn_for_test("nimbus-up", cmd, data.parent().unwrap());
     let endpoint = format!("http://127.0.0.1:{gw}");
     let client = reqwest::Client::new();
@@ -84,19 +89,7 @@ async fn up_refuses_a_port_in_use_and_names_it() {
     let busy = held.local_addr().unwrap().port();
     let free = free_port();
     for (gw, nats, flag) in [(free, busy, "--nats-port"), (busy, free, "--gateway-addr")] {
-        let out = Command::new(bin("nimbus"))
-            .env("NIMBUS_NATS_SERVER", nats_server_bin())
-            .args(["up", "--data-dir"])
-            .arg(&data)
-            .args([
-                "--gateway-addr",
-                &format!("127.0.0.1:{gw}"),
-                "--nats-port",
-                &nats.to_string(),
-            ])
-            .stdin(Stdio::null())
-            .output()
-            .expect("running nimbus up");
+        let out = up_cmd(&data, gw, nats).output().expect("running nimbus up");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "nimbus up started on a busy port");
         assert!(
