@@ -304,6 +304,7 @@ async fn a_worker_binary_under_tmp_still_gets_its_mounts() {
     std::fs::copy(bin("nimbus-worker"), &exe).unwrap();
     let mut cmd = std::process::Command::new(&exe);
     cmd.env("RUST_LOG", "info")
+        .env("NIMBUS_WORKER_ID", "tmp-probe")
         .env("NIMBUS_DATA_DIR", dir.path().join("data"))
         // Nothing listens there: the probe runs before the bus is needed.
         .env("NIMBUS_NATS_URL", "nats://127.0.0.1:1");
@@ -321,6 +322,38 @@ async fn a_worker_binary_under_tmp_still_gets_its_mounts() {
         assert!(state.contains("state=on"), "{state}");
     }
     worker.kill();
+    // Killed, the worker cannot remove its cgroups (each run left a set on the host):
+    // the test does, once the boxes it made ahead have died with it.
+    for controller in ["cpu", "freezer", "pids", "memory"] {
+        let Some(dir) = own_v1_cgroup(controller).map(|d| d.join("nimbus-tmp-probe")) else {
+            continue;
+        };
+        eventually(
+            Duration::from_secs(10),
+            "the killed worker's cgroups removed",
+            || {
+                let dir = dir.clone();
+                async move { remove_cgroup_tree(&dir).then_some(()) }
+            },
+        )
+        .await;
+    }
+}
+
+/// Removes a cgroup directory and those under it, deepest first; true once it is gone
+/// (false while a process is still in one).
+fn remove_cgroup_tree(dir: &std::path::Path) -> bool {
+    if !dir.exists() {
+        return true;
+    }
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_cgroup_tree(&e.path());
+            }
+        }
+    }
+    std::fs::remove_dir(dir).is_ok() || !dir.exists()
 }
 
 /// `NIMBUS_SANDBOX_NETWORK=isolated`: an instance has loopback only and reaches
