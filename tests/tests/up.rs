@@ -114,6 +114,28 @@ async fn up_runs_a_cluster_that_survives_restart() {
     let endpoint = format!("http://127.0.0.1:{gw}");
     let mut up = start_up(&data, gw, nats).await;
 
+    // Its nats-server runs on half the cores, unless the environment says otherwise.
+    let nats_server = children_with_arg(
+        up.pid().unwrap(),
+        nats_server_bin().as_os_str().as_encoded_bytes(),
+    );
+    assert_eq!(
+        nats_server.len(),
+        1,
+        "nimbus up's nats-server: {nats_server:?}"
+    );
+    let environ = std::fs::read(format!("/proc/{}/environ", nats_server[0])).unwrap();
+    let want = std::env::var("GOMAXPROCS").unwrap_or_else(|_| {
+        let cores = std::thread::available_parallelism().unwrap().get();
+        (cores / 2).max(1).to_string()
+    });
+    assert!(
+        environ
+            .split(|b| *b == 0)
+            .any(|v| v == format!("GOMAXPROCS={want}").as_bytes()),
+        "nats-server's environment lacks GOMAXPROCS={want}"
+    );
+
     // A key pair was made on first start, printed, and kept (owner-only) in the data dir.
     let creds = std::fs::read_to_string(data.join("credentials")).unwrap();
     let key_id = creds
