@@ -6,6 +6,15 @@
 //! try another worker). The worker sends the [`InvokeReply`] straight to
 //! `Dispatch::reply_to` — the gateway's inbox — so the result takes no extra hop.
 //!
+//! Warm, straight to a worker: a gateway that has seen a worker run the function's
+//! current revision (its [`InvokeReply::worker_id`], or an idle instance in the
+//! worker's heartbeat) sends the [`Dispatch`] to that worker itself, with
+//! [`Dispatch::warm_only`] set and an empty `reply_to`, as a request. The worker runs
+//! it only on an idle warm instance of that exact revision and then answers the
+//! request with the [`InvokeReply`] — two messages, no scheduler on the path.
+//! Otherwise it answers with a refused [`DispatchAck`], marked by the
+//! [`REFUSED_HEADER`] header, and the gateway asks a scheduler as above.
+//!
 //! Asynchronous: the gateway publishes an [`AsyncInvocation`] to the async stream; a
 //! scheduler consumes it and dispatches with its own inbox as `reply_to`.
 
@@ -79,8 +88,17 @@ pub struct Dispatch {
     /// For asynchronous invocations: which attempt this is (0 = the first).
     #[serde(default)]
     pub attempt: u32,
+    /// Sent by a gateway straight to the worker: run it on an idle warm instance of
+    /// `revision` or refuse; never start an instance for it (placing a cold start is
+    /// the scheduler's). With an empty `reply_to` the reply answers the request.
+    #[serde(default)]
+    pub warm_only: bool,
 }
 versioned!(Dispatch);
+
+/// NATS header on a worker's refusal of a `warm_only` dispatch, which arrives on the
+/// same inbox as a result would.
+pub const REFUSED_HEADER: &str = "Nimbus-Refused";
 
 /// Key of an asynchronous attempt's completion record in the completions bucket.
 /// Workers write the record before replying; a scheduler that receives the same
@@ -150,6 +168,10 @@ pub struct InvokeReply {
     /// Set when this invocation started a new instance: its init time in microseconds.
     #[serde(default)]
     pub init_duration_us: Option<u64>,
+    /// The worker that ran it (empty when none did): where a gateway sends the
+    /// function's next warm invocation.
+    #[serde(default)]
+    pub worker_id: String,
 }
 versioned!(InvokeReply);
 
@@ -165,6 +187,7 @@ impl InvokeReply {
             executed_version: latest(),
             outcome: InvokeOutcome::Failed(err),
             init_duration_us: None,
+            worker_id: String::new(),
         }
     }
 }

@@ -40,6 +40,7 @@ fn dispatch_round_trips() {
         invocation_type: InvocationType::RequestResponse,
         reply_to: "_INBOX.x".into(),
         attempt: 0,
+        warm_only: true,
     };
     let bytes = encode(&d);
     let back: Dispatch = decode(&bytes).unwrap();

@@ -646,11 +646,14 @@ impl Cluster {
             "gateway did not stop cleanly:\n{}",
             self.gateway.log_text()
         );
-        assert!(
-            self.scheduler.terminate(Duration::from_secs(20)),
-            "scheduler did not stop cleanly:\n{}",
-            self.scheduler.log_text()
-        );
+        // A test may have killed it.
+        if self.scheduler.child.is_some() {
+            assert!(
+                self.scheduler.terminate(Duration::from_secs(20)),
+                "scheduler did not stop cleanly:\n{}",
+                self.scheduler.log_text()
+            );
+        }
         for s in &mut self.extra_schedulers {
             if s.child.is_some() {
                 assert!(
@@ -670,6 +673,17 @@ impl Cluster {
 
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.endpoint)
+    }
+
+    /// The gateway's Prometheus text (`GET /metrics`).
+    pub async fn gateway_metrics(&self) -> String {
+        let resp = self.http.get(self.url("/metrics")).send().await.unwrap();
+        assert!(
+            resp.status().is_success(),
+            "GET /metrics: {}",
+            resp.status()
+        );
+        resp.text().await.unwrap()
     }
 
     /// A signed GET of `path`, as JSON; `None` if the call or the decoding fails

@@ -169,6 +169,18 @@ async fn killing_one_of_two_workers_leaves_the_cluster_serving() {
 
 #[tokio::test]
 async fn a_sync_call_whose_worker_dies_fails_fast() {
+    // Its cold start is placed by the scheduler, which notices the worker's silence.
+    a_sync_call_whose_worker_dies(false).await;
+}
+
+#[tokio::test]
+async fn a_warm_call_sent_straight_to_its_worker_fails_fast_when_the_worker_dies() {
+    // A warm call goes from the gateway straight to the worker that ran the function
+    // before: the gateway notices the worker's silence itself.
+    a_sync_call_whose_worker_dies(true).await;
+}
+
+async fn a_sync_call_whose_worker_dies(warm_first: bool) {
     let _serial = SERIAL.lock().await;
     let mut cluster = Cluster::start(ClusterOpts {
         workers: 2,
@@ -176,6 +188,10 @@ async fn a_sync_call_whose_worker_dies_fails_fast() {
     })
     .await;
     let mark = slow_marker(&cluster, "slow", 60).await;
+    if warm_first {
+        let r = cluster.invoke("slow", &json!({"id": "warm-up"})).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
     let endpoint = cluster.endpoint.clone();
     let http = cluster.http.clone();
     let call = tokio::spawn(async move {
@@ -203,6 +219,51 @@ async fn a_sync_call_whose_worker_dies_fails_fast() {
     assert_eq!(status, 500, "{body}");
     assert_eq!(kind.as_deref(), Some("ServiceException"));
     assert!(body.contains("stopped before it finished"), "{body}");
+    if warm_first {
+        // The doomed call ran on the warm-up's instance, not a second one.
+        assert_eq!(
+            worker_of(&started),
+            worker_of(&wait_mark(&mark, "start warm-up").await)
+        );
+        let metrics = cluster.gateway_metrics().await;
+        assert!(
+            metrics.contains("nimbus_gateway_direct_dispatches_total{result=\"worker_lost\"} 1"),
+            "{metrics}"
+        );
+    }
+    // The cluster still serves: the route to the dead worker is gone.
+    let r = cluster.invoke("slow", &json!({"id": "after"})).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    cluster.stop();
+}
+
+#[tokio::test]
+async fn warm_calls_go_on_while_no_scheduler_runs() {
+    let _serial = SERIAL.lock().await;
+    let mut cluster = Cluster::start(ClusterOpts::default()).await;
+    for name in ["kept", "new"] {
+        cluster
+            .create_function(name, "python3.12", "app.handler", &python_zip(), json!({}))
+            .await;
+    }
+    let r = cluster.invoke("kept", &json!({"name": "first"})).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    cluster.scheduler.kill();
+    // Warm: straight to the worker holding the instance.
+    for i in 0..5 {
+        let r = cluster.invoke("kept", &json!({"name": i})).await;
+        assert_eq!(r.status, 200, "call {i}: {}", r.text());
+        assert_eq!(r.json()["greeting"], format!("hello {i}"));
+    }
+    // A cold start needs a scheduler to place it: refused at once, clearly.
+    let r = cluster.invoke("new", &json!({"name": "x"})).await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.text().contains("No scheduler is running"), "{}", r.text());
+    let metrics = cluster.gateway_metrics().await;
+    assert!(
+        metrics.contains("nimbus_gateway_direct_dispatches_total{result=\"ran\"} 5"),
+        "{metrics}"
+    );
     cluster.stop();
 }
 

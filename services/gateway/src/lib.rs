@@ -12,6 +12,7 @@
 
 pub mod auth;
 pub mod code;
+pub mod direct;
 pub mod error;
 pub mod http;
 pub mod shapes;
@@ -55,6 +56,8 @@ pub struct AppState {
     pub workers: std::sync::Mutex<
         std::collections::HashMap<String, (std::time::Instant, nimbus_proto::Heartbeat)>,
     >,
+    /// Workers that ran each function's current revision: warm calls go to them.
+    pub warm: direct::WarmRoutes,
 }
 
 pub async fn run(
@@ -96,8 +99,10 @@ pub async fn run(
         metrics,
         access_keys: cfg.access_keys,
         workers: Default::default(),
+        warm: Default::default(),
     });
-    // Worker heartbeats, for the cluster status call (placement is the scheduler's).
+    // Worker heartbeats: for the cluster status call, the liveness of workers called
+    // directly, and their idle instances as routes for warm calls.
     let mut heartbeats = nats.subscribe(state.subjects.heartbeat()).await?;
     let hb_state = state.clone();
     let hb_stop = stop.clone();
@@ -110,6 +115,7 @@ pub async fn run(
             };
             let Some(msg) = msg else { break };
             if let Ok(hb) = nimbus_proto::decode::<nimbus_proto::Heartbeat>(&msg.payload) {
+                hb_state.warm.heard(&hb);
                 let mut w = hb_state.workers.lock().expect("lock poisoned");
                 w.insert(hb.worker_id.clone(), (std::time::Instant::now(), hb));
             }

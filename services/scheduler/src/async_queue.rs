@@ -254,6 +254,7 @@ impl AsyncQueue {
             invocation_type: InvocationType::Event,
             reply_to: inbox,
             attempt: inv.attempt,
+            warm_only: false,
         };
         let worker = match placement.dispatch(&d).await {
             Ok(w) => w,

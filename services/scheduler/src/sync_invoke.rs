@@ -106,6 +106,7 @@ pub async fn run(
                     invocation_type: InvocationType::RequestResponse,
                     reply_to: reply_to.to_string(),
                     attempt: 0,
+                    warm_only: false,
                 };
                 let worker = placement.dispatch(&d).await?;
                 let deadline = std::time::Instant::now()

@@ -261,23 +261,43 @@ impl Worker {
         };
         if !self.try_acquire_slot() {
             metrics::counter!("nimbus_worker_dispatches_refused_total").increment(1);
-            self.ack(
-                ack_to,
-                AckResult::Refused {
-                    reason: "no free slot".into(),
-                },
-            )
-            .await;
+            self.refuse(ack_to, dispatch.warm_only, "no free slot")
+                .await;
             return;
         }
-        self.ack(ack_to, AckResult::Accepted).await;
+        // A gateway's dispatch runs on an idle warm instance of its revision or not
+        // at all, and is answered only by its result.
+        let warm = if dispatch.warm_only {
+            let key = InstanceKey {
+                function: dispatch.config.name.clone(),
+                revision: dispatch.revision,
+            };
+            match self.pool.take(&key) {
+                Some(instance) => Some(instance),
+                None => {
+                    self.busy.fetch_sub(1, Ordering::SeqCst);
+                    metrics::counter!("nimbus_worker_dispatches_refused_total").increment(1);
+                    self.refuse(ack_to, true, "no idle warm instance of this revision")
+                        .await;
+                    return;
+                }
+            }
+        } else {
+            self.ack(ack_to.clone(), AckResult::Accepted).await;
+            None
+        };
         let w = self.clone();
         tracker.spawn(async move {
-            let reply_to = dispatch.reply_to.clone();
+            let reply_to = if dispatch.reply_to.is_empty() {
+                ack_to
+            } else {
+                dispatch.reply_to.clone().into()
+            };
             let event = (dispatch.invocation_type == nimbus_proto::InvocationType::Event)
                 .then(|| nimbus_proto::completion_key(&dispatch.request_id, dispatch.attempt));
             let started = std::time::Instant::now();
-            let (reply, log) = w.execute(dispatch).await;
+            let (mut reply, log) = w.execute(dispatch, warm).await;
+            reply.worker_id.clone_from(&w.cfg.worker_id);
             w.busy.fetch_sub(1, Ordering::SeqCst);
             let outcome = match &reply.outcome {
                 InvokeOutcome::Success { .. } => "success",
@@ -342,6 +362,37 @@ impl Worker {
         }
     }
 
+    /// Refuses a dispatch; a gateway's (`warm_only`) refusal carries the header that
+    /// tells it from a result.
+    async fn refuse(&self, to: async_nats::Subject, warm_only: bool, reason: &str) {
+        if !warm_only {
+            return self
+                .ack(
+                    to,
+                    AckResult::Refused {
+                        reason: reason.into(),
+                    },
+                )
+                .await;
+        }
+        let ack = DispatchAck {
+            v: WIRE_VERSION,
+            worker_id: self.cfg.worker_id.clone(),
+            result: AckResult::Refused {
+                reason: reason.into(),
+            },
+        };
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(nimbus_proto::REFUSED_HEADER, reason);
+        if let Err(e) = self
+            .nats
+            .publish_with_headers(to, headers, encode(&ack))
+            .await
+        {
+            tracing::warn!(error = %e, "dispatch refusal not sent");
+        }
+    }
+
     async fn ack(&self, to: async_nats::Subject, result: AckResult) {
         let ack = DispatchAck {
             v: WIRE_VERSION,
@@ -353,8 +404,13 @@ impl Worker {
         }
     }
 
-    /// Runs the dispatch; returns the reply and the log record to publish after it.
-    async fn execute(&self, d: Dispatch) -> (InvokeReply, Option<(String, String)>) {
+    /// Runs the dispatch, on `warm` if it was taken already; returns the reply and
+    /// the log record to publish after it.
+    async fn execute(
+        &self,
+        d: Dispatch,
+        warm: Option<Instance>,
+    ) -> (InvokeReply, Option<(String, String)>) {
         let function = d.config.name.clone();
         let request_id = d.request_id.clone();
         self.pool.retire_older(&function, d.revision);
@@ -362,7 +418,7 @@ impl Worker {
             function: function.clone(),
             revision: d.revision,
         };
-        let mut instance = match self.pool.take(&key) {
+        let mut instance = match warm.or_else(|| self.pool.take(&key)) {
             Some(i) => i,
             None => match self.cold_start(&d, key).await {
                 Ok(i) => i,
@@ -386,6 +442,7 @@ impl Worker {
             executed_version: "$LATEST".into(),
             outcome,
             init_duration_us: finished.init_duration_us,
+            worker_id: String::new(),
         };
         (reply, Some((function, finished.log)))
     }
@@ -431,6 +488,7 @@ impl Worker {
                             log_tail: None,
                         },
                         init_duration_us: None,
+                        worker_id: String::new(),
                     }
                 }
                 other => InvokeReply::failed(

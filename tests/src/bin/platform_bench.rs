@@ -3,7 +3,9 @@
 //! as a ratio against a baseline taken on the same noisy machine at the same time.
 //!
 //! Floors: an HTTP keep-alive round trip on loopback; NATS request/reply through the
-//! legs of a synchronous invocation (client → A → B → client, trivial responders);
+//! legs of a warm synchronous invocation (gateway → worker → gateway: client → B →
+//! client, a trivial responder) and, for reference, of one a scheduler places
+//! (client → A → B → client);
 //! one Lambda Runtime API exchange with a warm native child (the native function's
 //! own program against a minimal Runtime API); a bare process start (native no-op,
 //! `python3 -I -S -c pass`).
@@ -500,9 +502,10 @@ async fn main() {
         &http32,
         None,
     );
-    // NATS legs: client → a → b → client, each its own connection as the gateway,
-    // the scheduler and the worker are (on one connection nats-server hands all
-    // three messages back to one socket).
+    // NATS legs: a warm call goes client → b → client (gateway → worker → gateway);
+    // one a scheduler places client → a → b → client. Each responder has its own
+    // connection, as the gateway, the scheduler and the worker do (on one
+    // connection nats-server hands all the messages back to one socket).
     let nca = cluster.nats_client().await;
     let ncb = cluster.nats_client().await;
     let mut a = nca.subscribe("bench.floor.a").await.unwrap();
@@ -526,22 +529,17 @@ async fn main() {
         }
     });
     nc.flush().await.unwrap();
-    let nats1 = {
+    let nats_floor = |c: usize, n: usize, subject: &'static str| {
         let nc = nc.clone();
-        load(1, 2000 / scale, move || {
+        load(c, n, move || {
             let nc = nc.clone();
-            async move { nc.request("bench.floor.a", "{}".into()).await.is_ok() }
+            async move { nc.request(subject, "{}".into()).await.is_ok() }
         })
-        .await
     };
-    let nats32 = {
-        let nc = nc.clone();
-        load(32, 20000 / scale, move || {
-            let nc = nc.clone();
-            async move { nc.request("bench.floor.a", "{}".into()).await.is_ok() }
-        })
-        .await
-    };
+    let nats1 = nats_floor(1, 2000 / scale, "bench.floor.b").await;
+    let nats32 = nats_floor(32, 20000 / scale, "bench.floor.b").await;
+    let placed1 = nats_floor(1, 2000 / scale, "bench.floor.a").await;
+    let placed32 = nats_floor(32, 20000 / scale, "bench.floor.a").await;
     let floor_dir = tempfile::tempdir().unwrap();
     let exchange = runtime_api_floor(
         &bin_dir().join("rust-echo-function"),
@@ -557,11 +555,28 @@ async fn main() {
     };
     out.rec(
         "floor_nats_c1",
-        "floor: NATS request/reply over the invoke legs, c=1",
+        "floor: NATS request/reply over a warm call's legs (gateway → worker → gateway), c=1",
         &nats1,
         None,
     );
-    out.rec("floor_nats_c32", "floor: NATS legs, c=32", &nats32, None);
+    out.rec(
+        "floor_nats_c32",
+        "floor: NATS, a warm call's legs, c=32",
+        &nats32,
+        None,
+    );
+    out.rec(
+        "floor_nats_placed_c1",
+        "floor: NATS over a placed call's legs (gateway → scheduler → worker → gateway), c=1",
+        &placed1,
+        None,
+    );
+    out.rec(
+        "floor_nats_placed_c32",
+        "floor: NATS, a placed call's legs, c=32",
+        &placed32,
+        None,
+    );
     out.rec(
         "floor_runtime_api_c1",
         "floor: one Runtime API exchange with a warm native child (event → response)",
@@ -715,6 +730,30 @@ async fn main() {
             json!(c32.rps / nats32.rps),
         );
     }
+    // How many warm calls went straight to the worker (the rest: via a scheduler).
+    let metrics = client
+        .get(cluster.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let sum = |name: &str, label: &str| -> f64 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(name) && l.contains(label))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let direct = sum("nimbus_gateway_direct_dispatches_total{", "result=\"ran\"");
+    let sync = sum(
+        "nimbus_gateway_invocations_total{",
+        "type=\"RequestResponse\"",
+    );
+    println!("warm phase: {direct} of {sync} synchronous calls went straight to a worker");
+    out.report
+        .insert("sync_calls_direct_share".into(), json!(direct / sync));
     let loaded = json!({
         "gateway_mb": rss_mb(cluster.gateway.pid()),
         "scheduler_mb": rss_mb(cluster.scheduler.pid()),

@@ -1,5 +1,5 @@
-//! `Invoke`: `RequestResponse` goes to a scheduler over NATS and the worker answers
-//! this gateway's inbox directly; `Event` is stored in the async stream (202 only
+//! `Invoke`: `RequestResponse` goes straight to a worker holding a warm instance, or
+//! to a scheduler over NATS, and the worker answers this gateway's inbox directly; `Event` is stored in the async stream (202 only
 //! after JetStream acknowledged it); `DryRun` checks and answers 204.
 
 use std::collections::HashMap;
@@ -12,12 +12,13 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use nimbus_proto::{
-    AsyncInvocation, InvokeOutcome, InvokeReply, InvokeRequest, MAX_ASYNC_PAYLOAD,
+    AsyncInvocation, FunctionConfig, InvokeOutcome, InvokeReply, InvokeRequest, MAX_ASYNC_PAYLOAD,
     MAX_SYNC_PAYLOAD, WIRE_VERSION, decode, encode,
 };
 
 use super::{check_qualifier, parse_function_name, read_body};
 use crate::AppState;
+use crate::direct::{self, Direct};
 use crate::error::ApiError;
 
 /// Slack on top of the function's timeout for placement and a cold start.
@@ -106,28 +107,60 @@ pub async fn invoke(
             Ok(resp)
         }
         Kind::RequestResponse => {
-            let reply = invoke_sync(
-                &state,
-                &name,
-                revision,
-                cfg.timeout_secs,
-                request_id,
-                payload,
-                log_tail,
-            )
-            .await?;
+            let reply =
+                invoke_sync(&state, &name, revision, &cfg, request_id, payload, log_tail).await?;
             respond(reply)
         }
     }
 }
 
-/// Runs a synchronous invocation: to a scheduler over NATS, the worker's reply back
-/// to this gateway's inbox. Shared by `Invoke`, function URLs and routes.
+/// Runs a synchronous invocation: straight to a worker known to hold a warm instance
+/// of `revision` ([`crate::direct`]), else to a scheduler over NATS, the worker's
+/// reply back to this gateway's inbox. Shared by `Invoke`, function URLs and routes.
 pub async fn invoke_sync(
     state: &AppState,
     name: &str,
     revision: u64,
-    timeout_secs: u32,
+    cfg: &FunctionConfig,
+    request_id: String,
+    payload: bytes::Bytes,
+    log_tail: bool,
+) -> Result<InvokeReply, ApiError> {
+    let timeout = Duration::from_secs(u64::from(cfg.timeout_secs)) + PLATFORM_SLACK;
+    if let Some(worker) = state
+        .warm
+        .pick(name, revision, |w| direct::usable(state, w))
+    {
+        let sent = direct::invoke(
+            state,
+            &worker,
+            cfg,
+            revision,
+            &request_id,
+            payload.clone(),
+            log_tail,
+            timeout,
+        )
+        .await?;
+        match sent {
+            Direct::Ran(reply) => return Ok(reply),
+            Direct::Refused => state.warm.forget(name, &worker),
+            Direct::Unreachable => state.warm.forget_worker(&worker),
+        }
+    }
+    let reply = via_scheduler(
+        state, name, revision, timeout, request_id, payload, log_tail,
+    )
+    .await?;
+    state.warm.learn(name, revision, &reply.worker_id);
+    Ok(reply)
+}
+
+async fn via_scheduler(
+    state: &AppState,
+    name: &str,
+    revision: u64,
+    timeout: Duration,
     request_id: String,
     payload: bytes::Bytes,
     log_tail: bool,
@@ -140,7 +173,6 @@ pub async fn invoke_sync(
         payload,
         log_tail,
     };
-    let timeout = Duration::from_secs(u64::from(timeout_secs)) + PLATFORM_SLACK;
     let request = async_nats::Request::new()
         .payload(encode(&req))
         .timeout(Some(timeout));

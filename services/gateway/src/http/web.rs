@@ -73,14 +73,7 @@ pub async fn function_url(
     };
     let raw_path = format!("/{rest}");
     serve(
-        &state,
-        &name,
-        revision,
-        cfg.timeout_secs,
-        "$default",
-        raw_path,
-        None,
-        req,
+        &state, &name, revision, &cfg, "$default", raw_path, None, req,
     )
     .await
 }
@@ -110,7 +103,7 @@ pub async fn routes_fallback(State(state): State<Arc<AppState>>, req: Request) -
         &state,
         &route.function,
         revision,
-        cfg.timeout_secs,
+        &cfg,
         &route_key,
         path,
         Some(params),
@@ -124,7 +117,7 @@ async fn serve(
     state: &AppState,
     function: &str,
     revision: u64,
-    timeout_secs: u32,
+    cfg: &nimbus_proto::FunctionConfig,
     route_key: &str,
     raw_path: String,
     path_params: Option<BTreeMap<String, String>>,
@@ -143,7 +136,7 @@ async fn serve(
         state,
         function,
         revision,
-        timeout_secs,
+        cfg,
         request_id.clone(),
         payload,
         false,

@@ -1,0 +1,256 @@
+//! Warm invocations straight to a worker.
+//!
+//! A synchronous invocation through a scheduler takes four NATS messages and wakes
+//! three services: gateway → scheduler → worker (and its ack) → gateway. When this
+//! gateway knows a worker that ran the function's current revision — the
+//! [`InvokeReply::worker_id`] of an earlier call, or an idle instance listed in the
+//! worker's heartbeat — it sends the [`Dispatch`] to that worker itself, marked
+//! `warm_only`: the worker runs it on an idle warm instance or refuses at once, and
+//! the result answers the request. Two messages, no scheduler. Anything else — no
+//! known worker, a refusal, a worker that no longer listens — goes the scheduler's
+//! way, and its reply teaches the route again. Cold starts are always placed by a
+//! scheduler, which sees every worker's load.
+//!
+//! Results bypass the scheduler either way; for a direct call the gateway itself
+//! watches the worker's heartbeats and fails the call when they stop, as the
+//! scheduler does for the calls it placed.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use nimbus_proto::{
+    Dispatch, ErrorCode, FunctionConfig, Heartbeat, InvocationType, InvokeReply, REFUSED_HEADER,
+    WIRE_VERSION, WireError, decode, encode,
+};
+
+use crate::AppState;
+use crate::error::ApiError;
+
+/// Workers known to have run each function's newest revision this gateway has seen.
+#[derive(Default)]
+pub struct WarmRoutes {
+    routes: Mutex<HashMap<String, (u64, Vec<String>)>>,
+    next: AtomicUsize,
+}
+
+impl WarmRoutes {
+    /// `worker` ran (or holds an idle instance of) `function` at `revision`.
+    pub fn learn(&self, function: &str, revision: u64, worker: &str) {
+        if worker.is_empty() {
+            return;
+        }
+        let mut routes = self.routes.lock().expect("lock poisoned");
+        match routes.get_mut(function) {
+            Some((rev, workers)) if *rev == revision => {
+                if !workers.iter().any(|w| w == worker) {
+                    workers.push(worker.to_string());
+                }
+            }
+            Some((rev, _)) if *rev > revision => {}
+            _ => {
+                routes.insert(function.to_string(), (revision, vec![worker.to_string()]));
+            }
+        }
+    }
+
+    /// A worker for `function` at exactly `revision` that `usable` accepts; the
+    /// known ones take turns.
+    pub fn pick(
+        &self,
+        function: &str,
+        revision: u64,
+        usable: impl Fn(&str) -> bool,
+    ) -> Option<String> {
+        let routes = self.routes.lock().expect("lock poisoned");
+        let (rev, workers) = routes.get(function)?;
+        if *rev != revision || workers.is_empty() {
+            return None;
+        }
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        (0..workers.len())
+            .map(|i| &workers[(start + i) % workers.len()])
+            .find(|w| usable(w))
+            .cloned()
+    }
+
+    /// `worker` refused `function`: its instances are busy or gone.
+    pub fn forget(&self, function: &str, worker: &str) {
+        let mut routes = self.routes.lock().expect("lock poisoned");
+        if let Some((_, workers)) = routes.get_mut(function) {
+            workers.retain(|w| w != worker);
+            if workers.is_empty() {
+                routes.remove(function);
+            }
+        }
+    }
+
+    /// `worker` stopped listening or is draining.
+    pub fn forget_worker(&self, worker: &str) {
+        let mut routes = self.routes.lock().expect("lock poisoned");
+        routes.retain(|_, (_, workers)| {
+            workers.retain(|w| w != worker);
+            !workers.is_empty()
+        });
+    }
+
+    /// What a heartbeat tells: its idle instances are routes, a draining worker none.
+    pub fn heard(&self, hb: &Heartbeat) {
+        if hb.draining {
+            return self.forget_worker(&hb.worker_id);
+        }
+        for w in hb.warm.iter().filter(|w| w.idle > 0) {
+            self.learn(&w.function, w.revision, &hb.worker_id);
+        }
+    }
+}
+
+/// How a direct call ended when it did not produce a reply.
+pub enum Direct {
+    Ran(InvokeReply),
+    /// The worker refused it (no idle instance of that revision, no free slot).
+    Refused,
+    /// Nobody listens on the worker's subject: it stopped.
+    Unreachable,
+}
+
+/// Sends `cfg`'s invocation to `worker` as a `warm_only` dispatch and waits for the
+/// result; fails the call if the worker's heartbeats stop meanwhile.
+#[allow(clippy::too_many_arguments)]
+pub async fn invoke(
+    state: &AppState,
+    worker: &str,
+    cfg: &FunctionConfig,
+    revision: u64,
+    request_id: &str,
+    payload: bytes::Bytes,
+    log_tail: bool,
+    timeout: Duration,
+) -> Result<Direct, ApiError> {
+    let subject = state
+        .subjects
+        .worker_invoke(worker)
+        .map_err(|e| ApiError::Service(e.to_string()))?;
+    let d = Dispatch {
+        v: WIRE_VERSION,
+        request_id: request_id.to_string(),
+        config: cfg.clone(),
+        revision,
+        payload,
+        log_tail,
+        invocation_type: InvocationType::RequestResponse,
+        reply_to: String::new(),
+        attempt: 0,
+        warm_only: true,
+    };
+    let request = async_nats::Request::new()
+        .payload(encode(&d))
+        .timeout(Some(timeout));
+    let call = state.nats.send_request(subject, request);
+    let outcome = tokio::select! {
+        r = call => r,
+        () = stopped(state, worker) => {
+            tracing::warn!(%request_id, worker_id = %worker, "worker vanished mid-invocation; failing the call");
+            count("worker_lost");
+            return Err(ApiError::from_wire(WireError::new(
+                ErrorCode::Internal,
+                format!("the worker running this invocation ({worker}) stopped before it finished"),
+            )));
+        }
+    };
+    let msg = match outcome {
+        Ok(msg) => msg,
+        Err(e) => {
+            return match e.kind() {
+                async_nats::RequestErrorKind::NoResponders => {
+                    count("unreachable");
+                    Ok(Direct::Unreachable)
+                }
+                async_nats::RequestErrorKind::TimedOut => {
+                    count("timed_out");
+                    Err(ApiError::Service(format!(
+                        "The invocation {request_id} did not complete within {} s (its worker may have stopped)",
+                        timeout.as_secs()
+                    )))
+                }
+                _ => {
+                    count("failed");
+                    Err(ApiError::Service(format!("invocation failed: {e}")))
+                }
+            };
+        }
+    };
+    if msg
+        .headers
+        .as_ref()
+        .is_some_and(|h| h.get(REFUSED_HEADER).is_some())
+    {
+        count("refused");
+        return Ok(Direct::Refused);
+    }
+    let reply = decode(&msg.payload).map_err(|e| {
+        count("failed");
+        ApiError::Service(format!("unreadable invocation reply: {e}"))
+    })?;
+    count("ran");
+    Ok(Direct::Ran(reply))
+}
+
+fn count(result: &'static str) {
+    metrics::counter!("nimbus_gateway_direct_dispatches_total", "result" => result).increment(1);
+}
+
+/// Whether `worker` is heard from, not draining: it may be sent new work.
+pub fn usable(state: &AppState, worker: &str) -> bool {
+    let expiry = Duration::from_millis(nimbus_proto::worker::WORKER_EXPIRY_MS);
+    let workers = state.workers.lock().expect("lock poisoned");
+    workers
+        .get(worker)
+        .is_some_and(|(seen, hb)| seen.elapsed() < expiry && !hb.draining)
+}
+
+/// Resolves once `worker` has not been heard from for the expiry time.
+async fn stopped(state: &AppState, worker: &str) {
+    let expiry = Duration::from_millis(nimbus_proto::worker::WORKER_EXPIRY_MS);
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let last: Option<Instant> = {
+            let workers = state.workers.lock().expect("lock poisoned");
+            workers.get(worker).map(|(seen, _)| *seen)
+        };
+        if last.is_none_or(|seen| seen.elapsed() >= expiry) {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::WarmRoutes;
+
+    #[test]
+    fn routes_follow_the_newest_revision_and_forget_refusers() {
+        let r = WarmRoutes::default();
+        r.learn("f", 3, "w1");
+        r.learn("f", 3, "w2");
+        r.learn("f", 2, "w3"); // an older revision's instance: not a route
+        let picked: Vec<_> = (0..4).map(|_| r.pick("f", 3, |_| true).unwrap()).collect();
+        assert!(picked.contains(&"w1".to_string()) && picked.contains(&"w2".to_string()));
+        assert_eq!(r.pick("f", 2, |_| true), None);
+        assert_eq!(r.pick("f", 3, |w| w == "w2").as_deref(), Some("w2"));
+        assert_eq!(r.pick("f", 3, |_| false), None);
+        r.learn("f", 4, "w3");
+        assert_eq!(r.pick("f", 3, |_| true), None);
+        assert_eq!(r.pick("f", 4, |_| true).as_deref(), Some("w3"));
+        r.forget("f", "w3");
+        assert_eq!(r.pick("f", 4, |_| true), None);
+        r.learn("f", 4, "w1");
+        r.learn("g", 1, "w1");
+        r.forget_worker("w1");
+        assert_eq!(r.pick("f", 4, |_| true), None);
+        assert_eq!(r.pick("g", 1, |_| true), None);
+        r.learn("", 1, "");
+        assert_eq!(r.pick("", 1, |_| true), None);
+    }
+}
