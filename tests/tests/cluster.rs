@@ -238,6 +238,38 @@ async fn a_sync_call_whose_worker_dies(warm_first: bool) {
 }
 
 #[tokio::test]
+async fn with_warm_dispatch_scheduler_every_call_is_placed() {
+    let _serial = SERIAL.lock().await;
+    let mut cluster = Cluster::start(ClusterOpts {
+        env: vec![("NIMBUS_WARM_DISPATCH".into(), "scheduler".into())],
+        ..Default::default()
+    })
+    .await;
+    cluster
+        .create_function(
+            "kept",
+            "python3.12",
+            "app.handler",
+            &python_zip(),
+            json!({}),
+        )
+        .await;
+    for i in 0..3 {
+        let r = cluster.invoke("kept", &json!({"name": i})).await;
+        assert_eq!(r.status, 200, "call {i}: {}", r.text());
+    }
+    let metrics = cluster.gateway_metrics().await;
+    assert!(
+        !metrics.contains("nimbus_gateway_direct_dispatches_total"),
+        "{metrics}"
+    );
+    cluster.scheduler.kill();
+    let r = cluster.invoke("kept", &json!({"name": "x"})).await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    cluster.stop();
+}
+
+#[tokio::test]
 async fn warm_calls_go_on_while_no_scheduler_runs() {
     let _serial = SERIAL.lock().await;
     let mut cluster = Cluster::start(ClusterOpts::default()).await;

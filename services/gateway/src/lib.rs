@@ -32,6 +32,8 @@ pub struct GatewayConfig {
     pub duplicate_window: std::time::Duration,
     /// `None`: no signature checks (NIMBUS_AUTH=off).
     pub access_keys: Option<auth::AccessKeys>,
+    /// Send warm synchronous calls straight to a worker ([`direct`]).
+    pub direct_dispatch: bool,
 }
 
 /// Shared by every handler.
@@ -58,6 +60,7 @@ pub struct AppState {
     >,
     /// Workers that ran each function's current revision: warm calls go to them.
     pub warm: direct::WarmRoutes,
+    pub direct_dispatch: bool,
 }
 
 pub async fn run(
@@ -100,6 +103,7 @@ pub async fn run(
         access_keys: cfg.access_keys,
         workers: Default::default(),
         warm: Default::default(),
+        direct_dispatch: cfg.direct_dispatch,
     });
     // Worker heartbeats: for the cluster status call, the liveness of workers called
     // directly, and their idle instances as routes for warm calls.

@@ -42,6 +42,11 @@ struct Args {
     /// Create NIMBUS_ACCESS_KEYS_FILE with a new key pair when it does not exist.
     #[arg(long, env = "NIMBUS_ACCESS_KEYS_CREATE", default_value_t = false)]
     access_keys_create: bool,
+    /// `direct`: a warm synchronous call goes straight to a worker known to hold an
+    /// idle instance of the function; `scheduler`: every call is placed by a
+    /// scheduler (one more NATS hop and service on the path).
+    #[arg(long, env = "NIMBUS_WARM_DISPATCH", default_value = "direct", value_parser = ["direct", "scheduler"])]
+    warm_dispatch: String,
     /// Check the configuration (every `NIMBUS_*` variable must be one this
     /// service reads) and exit.
     #[arg(long)]
@@ -127,6 +132,7 @@ async fn main_exec() -> anyhow::Result<()> {
         region: args.region,
         s3_events_subject: args.s3_events_subject,
         duplicate_window: args.nats.duplicate_window(),
+        direct_dispatch: args.warm_dispatch == "direct",
     };
     nimbus_gateway::run(cfg, listener, nats, subjects, names, code, shutdown).await
 }

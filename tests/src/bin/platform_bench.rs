@@ -49,11 +49,30 @@ fn stats(h: &Hist, elapsed: Duration) -> Stats {
     }
 }
 
-/// Runs `op` with `concurrency` workers for `n` operations in all.
+/// An HTTP operation's outcome for [`load`]: a 2xx status.
+fn success(r: &reqwest::Response) -> Result<(), String> {
+    if r.status().is_success() {
+        Ok(())
+    } else {
+        Err(format!("HTTP {} from {}", r.status(), r.url()))
+    }
+}
+
+/// An HTTP operation's outcome for [`load`]: exactly `want`.
+fn status(r: &reqwest::Response, want: u16) -> Result<(), String> {
+    if r.status().as_u16() == want {
+        Ok(())
+    } else {
+        Err(format!("HTTP {} (not {want}) from {}", r.status(), r.url()))
+    }
+}
+
+/// Runs `op` with `concurrency` workers for `n` operations in all; fails naming the
+/// first error if any operation failed.
 async fn load<F, Fut>(concurrency: usize, n: usize, op: F) -> Stats
 where
     F: Fn() -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = bool> + Send,
+    Fut: std::future::Future<Output = Result<(), String>> + Send,
 {
     let op = Arc::new(op);
     let left = Arc::new(std::sync::atomic::AtomicUsize::new(n));
@@ -73,10 +92,16 @@ where
                 .is_ok()
             {
                 let t = Instant::now();
-                if op().await {
-                    let _ = h.record(t.elapsed().as_micros().max(1) as u64);
-                } else {
-                    failures += 1;
+                match op().await {
+                    Ok(()) => {
+                        let _ = h.record(t.elapsed().as_micros().max(1) as u64);
+                    }
+                    Err(e) => {
+                        if failures == 0 {
+                            eprintln!("an operation failed: {e}");
+                        }
+                        failures += 1;
+                    }
                 }
             }
             (h, failures)
@@ -433,12 +458,21 @@ async fn main() {
     let quick = args.iter().any(|a| a == "--quick");
     // `--boxes-ahead N`: the workers' NIMBUS_SANDBOX_BOXES_AHEAD (0: every box made
     // at its cold start), to compare cold starts with and without.
-    let env: Vec<(String, String)> = args
-        .iter()
-        .position(|a| a == "--boxes-ahead")
-        .and_then(|i| args.get(i + 1))
-        .map(|n| vec![("NIMBUS_SANDBOX_BOXES_AHEAD".to_string(), n.clone())])
-        .unwrap_or_default();
+    // `--warm-dispatch scheduler`: the gateway's NIMBUS_WARM_DISPATCH (every call
+    // placed by the scheduler), to compare with warm calls sent straight to a worker.
+    let flag = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let mut env: Vec<(String, String)> = Vec::new();
+    if let Some(n) = flag("--boxes-ahead") {
+        env.push(("NIMBUS_SANDBOX_BOXES_AHEAD".into(), n));
+    }
+    if let Some(how) = flag("--warm-dispatch") {
+        env.push(("NIMBUS_WARM_DISPATCH".into(), how));
+    }
     // `--tiny`: a hundredth, for the test that keeps the benchmark working.
     let scale = if args.iter().any(|a| a == "--tiny") {
         100
@@ -471,7 +505,8 @@ async fn main() {
                     .body("{}")
                     .send()
                     .await
-                    .is_ok_and(|r| r.status().is_success())
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| success(&r))
             }
         })
         .await
@@ -491,7 +526,8 @@ async fn main() {
                     .body("{}")
                     .send()
                     .await
-                    .is_ok_and(|r| r.status().is_success())
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| success(&r))
             }
         })
         .await
@@ -533,7 +569,12 @@ async fn main() {
         let nc = nc.clone();
         load(c, n, move || {
             let nc = nc.clone();
-            async move { nc.request(subject, "{}".into()).await.is_ok() }
+            async move {
+                nc.request(subject, "{}".into())
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| format!("NATS request to {subject}: {e}"))
+            }
         })
     };
     let nats1 = nats_floor(1, 2000 / scale, "bench.floor.b").await;
@@ -680,7 +721,8 @@ async fn main() {
                         .body("{}")
                         .send()
                         .await
-                        .is_ok_and(|r| r.status().is_success())
+                        .map_err(|e| e.to_string())
+                        .and_then(|r| success(&r))
                 }
             }
         })
@@ -694,7 +736,8 @@ async fn main() {
                         .body("{}")
                         .send()
                         .await
-                        .is_ok_and(|r| r.status().is_success())
+                        .map_err(|e| e.to_string())
+                        .and_then(|r| success(&r))
                 }
             }
         })
@@ -714,7 +757,8 @@ async fn main() {
                         .body("{}")
                         .send()
                         .await
-                        .is_ok_and(|r| r.status().is_success())
+                        .map_err(|e| e.to_string())
+                        .and_then(|r| success(&r))
                 }
             }
         })
@@ -744,7 +788,7 @@ async fn main() {
             .lines()
             .filter(|l| l.starts_with(name) && l.contains(label))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+            .fold(0.0, |a, b| a + b)
     };
     let direct = sum("nimbus_gateway_direct_dispatches_total{", "result=\"ran\"");
     let sync = sum(
@@ -919,7 +963,8 @@ async fn main() {
                     .body("{}")
                     .send()
                     .await
-                    .is_ok_and(|r| r.status().as_u16() == 202)
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| status(&r, 202))
             }
         }
     })

@@ -127,10 +127,15 @@ pub async fn invoke_sync(
     log_tail: bool,
 ) -> Result<InvokeReply, ApiError> {
     let timeout = Duration::from_secs(u64::from(cfg.timeout_secs)) + PLATFORM_SLACK;
-    if let Some(worker) = state
-        .warm
-        .pick(name, revision, |w| direct::usable(state, w))
-    {
+    let direct_to = state
+        .direct_dispatch
+        .then(|| {
+            state
+                .warm
+                .pick(name, revision, |w| direct::usable(state, w))
+        })
+        .flatten();
+    if let Some(worker) = direct_to {
         let sent = direct::invoke(
             state,
             &worker,
