@@ -327,15 +327,7 @@ async fn environment_secrets_stay_out_of_platform_output() {
         !record.to_string().contains(secret),
         "dead letter leaks the secret: {record}"
     );
-    let metrics = cluster
-        .http
-        .get(cluster.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = cluster.gateway_metrics().await;
     assert!(!metrics.contains(secret));
     // The platform's own logs never carry it (the function's configuration does, of
     // course, and get_function shows it to the owner as Lambda does).

@@ -28,6 +28,7 @@ async fn a_tiny_platform_bench_reports_every_figure() {
     for key in [
         "floor_http_c1",
         "floor_nats_c1",
+        "floor_nats_placed_c1",
         "floor_runtime_api_c1",
         "floor_warm_c1",
         "floor_spawn_native",
@@ -49,6 +50,9 @@ async fn a_tiny_platform_bench_reports_every_figure() {
         }
     }
     assert!(measured >= 15, "{measured} figures: {report}");
+    // Warm calls went straight to the worker (the warm-up's cold starts did not).
+    let direct = report["sync_calls_direct_share"].as_f64().unwrap();
+    assert!(direct > 0.0 && direct < 1.0, "{direct}");
     let events = &report["async_end_to_end"];
     assert!(events["invocations"].as_u64().unwrap() > 0, "{events}");
     assert_eq!(events["completed"], events["invocations"], "{events}");

@@ -775,14 +775,7 @@ async fn main() {
         );
     }
     // How many warm calls went straight to the worker (the rest: via a scheduler).
-    let metrics = client
-        .get(cluster.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = cluster.gateway_metrics().await;
     let sum = |name: &str, label: &str| -> f64 {
         metrics
             .lines()
