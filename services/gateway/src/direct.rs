@@ -86,6 +86,12 @@ impl WarmRoutes {
         }
     }
 
+    /// `function` was deleted. (Through another gateway, its routes stay here —
+    /// a few bytes each, never used: calls to it fail at the lookup.)
+    pub fn forget_function(&self, function: &str) {
+        self.routes.lock().expect("lock poisoned").remove(function);
+    }
+
     /// `worker` stopped listening or is draining.
     pub fn forget_worker(&self, worker: &str) {
         let mut routes = self.routes.lock().expect("lock poisoned");
@@ -252,5 +258,8 @@ mod tests {
         assert_eq!(r.pick("g", 1, |_| true), None);
         r.learn("", 1, "");
         assert_eq!(r.pick("", 1, |_| true), None);
+        r.learn("h", 1, "w2");
+        r.forget_function("h");
+        assert_eq!(r.pick("h", 1, |_| true), None);
     }
 }

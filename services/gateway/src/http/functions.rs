@@ -454,6 +454,7 @@ pub async fn delete(
         .await
         .map_err(|e| ApiError::Service(format!("deleting the function: {e}")))?;
     state.functions.remove(&name);
+    state.warm.forget_function(&name);
     tracing::info!(function = %name, "function deleted");
     Ok(StatusCode::NO_CONTENT)
 }
