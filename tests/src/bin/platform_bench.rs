@@ -444,6 +444,21 @@ async fn runtime_api_floor(
 
 #[tokio::main]
 async fn main() {
+    use tokio::signal::unix::{SignalKind, signal};
+    // Stopped early (Ctrl-C, `timeout`): dropping the run drops its cluster, whose
+    // processes are killed on drop — none is left running behind the benchmark.
+    let mut term = signal(SignalKind::terminate()).expect("a SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("a SIGINT handler");
+    let code = tokio::select! {
+        () = run() => return,
+        _ = term.recv() => 143,
+        _ = int.recv() => 130,
+    };
+    eprintln!("stopped by a signal: the cluster was taken down");
+    std::process::exit(code);
+}
+
+async fn run() {
     let args: Vec<String> = std::env::args().collect();
     let out_path = args
         .iter()
