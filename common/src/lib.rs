@@ -16,5 +16,5 @@ pub mod topology;
 
 pub use code_store::{CodeStore, CodeStoreError};
 pub use kv_cache::KvCache;
-pub use nats::{NatsArgs, connect};
+pub use nats::{NatsArgs, connect, flush_before_exit};
 pub use shutdown::shutdown_signal;

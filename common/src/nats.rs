@@ -90,3 +90,20 @@ pub async fn connect(args: &NatsArgs, name: &str) -> anyhow::Result<async_nats::
         .with_context(|| format!("connecting to NATS at {}", args.url))?;
     Ok(client)
 }
+
+/// How long a stopping service waits to hand its last messages to NATS.
+pub const FINAL_FLUSH: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The last flush before a service exits. A flush waits for the server's answer,
+/// so with NATS gone it would wait for a reconnection that may never come — and
+/// the service, asked to stop, would not. Bounded by [`FINAL_FLUSH`].
+pub async fn flush_before_exit(client: &async_nats::Client) {
+    match tokio::time::timeout(FINAL_FLUSH, client.flush()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "last messages may not have reached NATS"),
+        Err(_) => tracing::warn!(
+            "NATS did not answer within {} s: stopping without its acknowledgement",
+            FINAL_FLUSH.as_secs()
+        ),
+    }
+}

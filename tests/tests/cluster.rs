@@ -238,6 +238,27 @@ async fn a_sync_call_whose_worker_dies(warm_first: bool) {
 }
 
 #[tokio::test]
+async fn services_asked_to_stop_do_so_with_nats_gone() {
+    let _serial = SERIAL.lock().await;
+    let mut cluster = Cluster::start(ClusterOpts::default()).await;
+    cluster
+        .create_function(
+            "kept",
+            "python3.12",
+            "app.handler",
+            &python_zip(),
+            json!({}),
+        )
+        .await;
+    let r = cluster.invoke("kept", &json!({"name": "x"})).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    cluster.nats.proc.kill();
+    // Each must exit cleanly on SIGTERM (within the harness's 20 s), not wait for
+    // a NATS that is not coming back.
+    cluster.stop();
+}
+
+#[tokio::test]
 async fn with_warm_dispatch_scheduler_every_call_is_placed() {
     let _serial = SERIAL.lock().await;
     let mut cluster = Cluster::start(ClusterOpts {

@@ -136,7 +136,7 @@ pub async fn run(
     .await
     .context("serving HTTP")?;
     stop.cancel();
-    let _ = nats.flush().await;
+    nimbus_common::flush_before_exit(&nats).await;
     tracing::info!("gateway stopped");
     Ok(())
 }

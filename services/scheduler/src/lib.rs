@@ -169,7 +169,7 @@ pub async fn run(
         tracing::warn!("drain timeout: unfinished async invocations will be redelivered");
     }
     stop.cancel();
-    let _ = nats.flush().await;
+    nimbus_common::flush_before_exit(&nats).await;
     tracing::info!("scheduler stopped");
     Ok(())
 }

@@ -204,7 +204,7 @@ pub async fn run(
     worker.heartbeat().await;
     worker.sandbox.cleanup();
     worker.logs.close().await;
-    let _ = nats.flush().await;
+    nimbus_common::flush_before_exit(&nats).await;
     tracing::info!("worker stopped");
     Ok(())
 }
