@@ -21,6 +21,13 @@ async fn slow_marker(cluster: &Cluster, name: &str, timeout: u32) -> std::path::
     mark
 }
 
+/// A Python function answering `{"greeting": "hello <name>"}`.
+async fn echo_function(cluster: &Cluster, name: &str) {
+    cluster
+        .create_function(name, "python3.12", "app.handler", &python_zip(), json!({}))
+        .await;
+}
+
 /// The first line of `mark` starting with `prefix`, once it is there.
 async fn wait_mark(mark: &std::path::Path, prefix: &str) -> String {
     eventually(Duration::from_secs(20), prefix, || async {
@@ -113,15 +120,7 @@ async fn event_invocation_runs_and_survives_a_worker_sigkill() {
     );
 
     // The survivor keeps serving synchronous calls.
-    cluster
-        .create_function(
-            "echo",
-            "python3.12",
-            "app.handler",
-            &python_zip(),
-            json!({}),
-        )
-        .await;
+    echo_function(&cluster, "echo").await;
     for i in 0..10 {
         let r = cluster.invoke("echo", &json!({"name": i})).await;
         assert_eq!(r.status, 200, "{}", r.text());
@@ -141,15 +140,7 @@ async fn killing_one_of_two_workers_leaves_the_cluster_serving() {
         ..Default::default()
     })
     .await;
-    cluster
-        .create_function(
-            "echo",
-            "python3.12",
-            "app.handler",
-            &python_zip(),
-            json!({}),
-        )
-        .await;
+    echo_function(&cluster, "echo").await;
     for i in 0..6 {
         assert_eq!(
             cluster.invoke("echo", &json!({"name": i})).await.status,
@@ -241,15 +232,7 @@ async fn a_sync_call_whose_worker_dies(warm_first: bool) {
 async fn services_asked_to_stop_do_so_with_nats_gone() {
     let _serial = SERIAL.lock().await;
     let mut cluster = Cluster::start(ClusterOpts::default()).await;
-    cluster
-        .create_function(
-            "kept",
-            "python3.12",
-            "app.handler",
-            &python_zip(),
-            json!({}),
-        )
-        .await;
+    echo_function(&cluster, "kept").await;
     let r = cluster.invoke("kept", &json!({"name": "x"})).await;
     assert_eq!(r.status, 200, "{}", r.text());
     cluster.nats.proc.kill();
@@ -266,15 +249,7 @@ async fn with_warm_dispatch_scheduler_every_call_is_placed() {
         ..Default::default()
     })
     .await;
-    cluster
-        .create_function(
-            "kept",
-            "python3.12",
-            "app.handler",
-            &python_zip(),
-            json!({}),
-        )
-        .await;
+    echo_function(&cluster, "kept").await;
     for i in 0..3 {
         let r = cluster.invoke("kept", &json!({"name": i})).await;
         assert_eq!(r.status, 200, "call {i}: {}", r.text());
@@ -295,9 +270,7 @@ async fn warm_calls_go_on_while_no_scheduler_runs() {
     let _serial = SERIAL.lock().await;
     let mut cluster = Cluster::start(ClusterOpts::default()).await;
     for name in ["kept", "new"] {
-        cluster
-            .create_function(name, "python3.12", "app.handler", &python_zip(), json!({}))
-            .await;
+        echo_function(&cluster, name).await;
     }
     let r = cluster.invoke("kept", &json!({"name": "first"})).await;
     assert_eq!(r.status, 200, "{}", r.text());
