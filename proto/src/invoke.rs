@@ -9,11 +9,10 @@
 //! Warm, straight to a worker: a gateway that has seen a worker run the function's
 //! current revision (its [`InvokeReply::worker_id`], or an idle instance in the
 //! worker's heartbeat) sends the [`Dispatch`] to that worker itself, with
-//! [`Dispatch::warm_only`] set and an empty `reply_to`, as a request. The worker runs
-//! it only on an idle warm instance of that exact revision and then answers the
-//! request with the [`InvokeReply`] — two messages, no scheduler on the path.
-//! Otherwise it answers with a refused [`DispatchAck`], marked by the
-//! [`REFUSED_HEADER`] header, and the gateway asks a scheduler as above.
+//! [`Dispatch::warm_only`] set, as a scheduler would: the worker accepts it only
+//! with an idle warm instance of that exact revision (the ack), then sends the
+//! [`InvokeReply`] to the gateway's `reply_to` — three messages, no scheduler on the
+//! path. Refused or unanswered, the gateway asks a scheduler as above.
 //!
 //! Asynchronous: the gateway publishes an [`AsyncInvocation`] to the async stream; a
 //! scheduler consumes it and dispatches with its own inbox as `reply_to`.
@@ -90,15 +89,11 @@ pub struct Dispatch {
     pub attempt: u32,
     /// Sent by a gateway straight to the worker: run it on an idle warm instance of
     /// `revision` or refuse; never start an instance for it (placing a cold start is
-    /// the scheduler's). With an empty `reply_to` the reply answers the request.
+    /// the scheduler's).
     #[serde(default)]
     pub warm_only: bool,
 }
 versioned!(Dispatch);
-
-/// NATS header on a worker's refusal of a `warm_only` dispatch, which arrives on the
-/// same inbox as a result would.
-pub const REFUSED_HEADER: &str = "Nimbus-Refused";
 
 /// Key of an asynchronous attempt's completion record in the completions bucket.
 /// Workers write the record before replying; a scheduler that receives the same

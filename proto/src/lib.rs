@@ -34,7 +34,7 @@ pub use function::{
 };
 pub use invoke::{
     AckResult, AsyncInvocation, Dispatch, DispatchAck, InvocationType, InvokeOutcome, InvokeReply,
-    InvokeRequest, REFUSED_HEADER, completion_key,
+    InvokeRequest, completion_key,
 };
 pub use logs::{LogBatch, LogRecord, decode_log_message};
 pub use route::{FunctionUrlConfig, RouteConfig};

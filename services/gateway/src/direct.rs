@@ -5,8 +5,8 @@
 //! gateway knows a worker that ran the function's current revision — the
 //! [`InvokeReply::worker_id`] of an earlier call, or an idle instance listed in the
 //! worker's heartbeat — it sends the [`Dispatch`] to that worker itself, marked
-//! `warm_only`: the worker runs it on an idle warm instance or refuses at once, and
-//! the result answers the request. Two messages, no scheduler. Anything else — no
+//! `warm_only`: the worker accepts it only with an idle warm instance (its ack) and
+//! sends the result to this call's inbox. Three messages, no scheduler. Anything else — no
 //! known worker, a refusal, a worker that no longer listens — goes the scheduler's
 //! way, and its reply teaches the route again. Cold starts are always placed by a
 //! scheduler, which sees every worker's load.
@@ -20,13 +20,17 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use nimbus_proto::{
-    Dispatch, ErrorCode, FunctionConfig, Heartbeat, InvocationType, InvokeReply, REFUSED_HEADER,
-    WIRE_VERSION, WireError, decode, encode,
+    AckResult, Dispatch, DispatchAck, ErrorCode, FunctionConfig, Heartbeat, InvocationType,
+    InvokeReply, WIRE_VERSION, WireError, decode, encode,
 };
 
 use crate::AppState;
 use crate::error::ApiError;
+
+/// How long a worker has to accept or refuse (as for a scheduler's dispatch).
+const ACK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Workers known to have run each function's newest revision this gateway has seen.
 #[derive(Default)]
@@ -117,7 +121,7 @@ pub enum Direct {
     Ran(InvokeReply),
     /// The worker refused it (no idle instance of that revision, no free slot).
     Refused,
-    /// Nobody listens on the worker's subject: it stopped.
+    /// Nobody listens on the worker's subject, or it did not answer in time.
     Unreachable,
 }
 
@@ -138,6 +142,15 @@ pub async fn invoke(
         .subjects
         .worker_invoke(worker)
         .map_err(|e| ApiError::Service(e.to_string()))?;
+    // The result comes to an inbox of this call; the request's own answer is the
+    // worker's ack. Without the ack a call sent to a worker that had just died (its
+    // subscription not yet gone from the server) could not be told from one running.
+    let inbox = state.nats.new_inbox();
+    let mut results = state
+        .nats
+        .subscribe(inbox.clone())
+        .await
+        .map_err(|e| ApiError::Service(format!("invocation failed: {e}")))?;
     let d = Dispatch {
         v: WIRE_VERSION,
         request_id: request_id.to_string(),
@@ -146,16 +159,42 @@ pub async fn invoke(
         payload,
         log_tail,
         invocation_type: InvocationType::RequestResponse,
-        reply_to: String::new(),
+        reply_to: inbox.to_string(),
         attempt: 0,
         warm_only: true,
     };
     let request = async_nats::Request::new()
         .payload(encode(&d))
-        .timeout(Some(timeout));
-    let call = state.nats.send_request(subject, request);
+        .timeout(Some(ACK_TIMEOUT));
+    match state.nats.send_request(subject, request).await {
+        Ok(msg) => match decode::<DispatchAck>(&msg.payload) {
+            Ok(DispatchAck {
+                result: AckResult::Accepted,
+                ..
+            }) => {}
+            Ok(DispatchAck {
+                result: AckResult::Refused { .. },
+                ..
+            }) => {
+                count("refused");
+                return Ok(Direct::Refused);
+            }
+            Err(e) => {
+                tracing::warn!(worker_id = %worker, error = %e, "undecodable dispatch ack");
+                count("refused");
+                return Ok(Direct::Refused);
+            }
+        },
+        // Gone, or silent: the call goes through a scheduler, as a scheduler moves
+        // on to another worker in the same case.
+        Err(e) => {
+            tracing::debug!(worker_id = %worker, error = %e, "direct dispatch unanswered");
+            count("unreachable");
+            return Ok(Direct::Unreachable);
+        }
+    }
     let outcome = tokio::select! {
-        r = call => r,
+        r = tokio::time::timeout(timeout, results.next()) => r,
         () = stopped(state, worker) => {
             tracing::warn!(%request_id, worker_id = %worker, "worker vanished mid-invocation; failing the call");
             count("worker_lost");
@@ -166,35 +205,21 @@ pub async fn invoke(
         }
     };
     let msg = match outcome {
-        Ok(msg) => msg,
-        Err(e) => {
-            return match e.kind() {
-                async_nats::RequestErrorKind::NoResponders => {
-                    count("unreachable");
-                    Ok(Direct::Unreachable)
-                }
-                async_nats::RequestErrorKind::TimedOut => {
-                    count("timed_out");
-                    Err(ApiError::Service(format!(
-                        "The invocation {request_id} did not complete within {} s (its worker may have stopped)",
-                        timeout.as_secs()
-                    )))
-                }
-                _ => {
-                    count("failed");
-                    Err(ApiError::Service(format!("invocation failed: {e}")))
-                }
-            };
+        Ok(Some(msg)) => msg,
+        Ok(None) => {
+            count("failed");
+            return Err(ApiError::Service(
+                "invocation failed: the reply subscription closed".into(),
+            ));
+        }
+        Err(_) => {
+            count("timed_out");
+            return Err(ApiError::Service(format!(
+                "The invocation {request_id} did not complete within {} s (its worker may have stopped)",
+                timeout.as_secs()
+            )));
         }
     };
-    if msg
-        .headers
-        .as_ref()
-        .is_some_and(|h| h.get(REFUSED_HEADER).is_some())
-    {
-        count("refused");
-        return Ok(Direct::Refused);
-    }
     let reply = decode(&msg.payload).map_err(|e| {
         count("failed");
         ApiError::Service(format!("unreadable invocation reply: {e}"))

@@ -261,12 +261,11 @@ impl Worker {
         };
         if !self.try_acquire_slot() {
             metrics::counter!("nimbus_worker_dispatches_refused_total").increment(1);
-            self.refuse(ack_to, dispatch.warm_only, "no free slot")
-                .await;
+            self.refuse(ack_to, "no free slot").await;
             return;
         }
         // A gateway's dispatch runs on an idle warm instance of its revision or not
-        // at all, and is answered only by its result.
+        // at all.
         let warm = if dispatch.warm_only {
             let key = InstanceKey {
                 function: dispatch.config.name.clone(),
@@ -277,22 +276,18 @@ impl Worker {
                 None => {
                     self.busy.fetch_sub(1, Ordering::SeqCst);
                     metrics::counter!("nimbus_worker_dispatches_refused_total").increment(1);
-                    self.refuse(ack_to, true, "no idle warm instance of this revision")
+                    self.refuse(ack_to, "no idle warm instance of this revision")
                         .await;
                     return;
                 }
             }
         } else {
-            self.ack(ack_to.clone(), AckResult::Accepted).await;
             None
         };
+        self.ack(ack_to, AckResult::Accepted).await;
         let w = self.clone();
         tracker.spawn(async move {
-            let reply_to = if dispatch.reply_to.is_empty() {
-                ack_to
-            } else {
-                dispatch.reply_to.clone().into()
-            };
+            let reply_to = dispatch.reply_to.clone();
             let event = (dispatch.invocation_type == nimbus_proto::InvocationType::Event)
                 .then(|| nimbus_proto::completion_key(&dispatch.request_id, dispatch.attempt));
             let started = std::time::Instant::now();
@@ -362,35 +357,14 @@ impl Worker {
         }
     }
 
-    /// Refuses a dispatch; a gateway's (`warm_only`) refusal carries the header that
-    /// tells it from a result.
-    async fn refuse(&self, to: async_nats::Subject, warm_only: bool, reason: &str) {
-        if !warm_only {
-            return self
-                .ack(
-                    to,
-                    AckResult::Refused {
-                        reason: reason.into(),
-                    },
-                )
-                .await;
-        }
-        let ack = DispatchAck {
-            v: WIRE_VERSION,
-            worker_id: self.cfg.worker_id.clone(),
-            result: AckResult::Refused {
+    async fn refuse(&self, to: async_nats::Subject, reason: &str) {
+        self.ack(
+            to,
+            AckResult::Refused {
                 reason: reason.into(),
             },
-        };
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert(nimbus_proto::REFUSED_HEADER, reason);
-        if let Err(e) = self
-            .nats
-            .publish_with_headers(to, headers, encode(&ack))
-            .await
-        {
-            tracing::warn!(error = %e, "dispatch refusal not sent");
-        }
+        )
+        .await;
     }
 
     async fn ack(&self, to: async_nats::Subject, result: AckResult) {
