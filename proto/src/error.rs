@@ -36,4 +36,13 @@ impl WireError {
             message: message.into(),
         }
     }
+
+    /// The error of a call whose worker stopped (stopped sending heartbeats) while
+    /// running it — whoever watched it, a scheduler or a gateway.
+    pub fn worker_lost(worker: &str) -> Self {
+        Self::new(
+            ErrorCode::Internal,
+            format!("the worker running this invocation ({worker}) stopped before it finished"),
+        )
+    }
 }

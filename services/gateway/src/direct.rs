@@ -6,9 +6,9 @@
 //! [`InvokeReply::worker_id`] of an earlier call, or an idle instance listed in the
 //! worker's heartbeat — it sends the [`Dispatch`] to that worker itself, marked
 //! `warm_only`: the worker accepts it only with an idle warm instance (its ack) and
-//! sends the result to this call's inbox. Three messages, no scheduler. Anything else — no
-//! known worker, a refusal, a worker that no longer listens — goes the scheduler's
-//! way, and its reply teaches the route again. Cold starts are always placed by a
+//! sends the result to this call's inbox. Three messages, no scheduler. Anything
+//! else — no known worker, a refusal, a worker that no longer listens — goes the
+//! scheduler's way, and its reply teaches the route again. Cold starts are always placed by a
 //! scheduler, which sees every worker's load.
 //!
 //! Results bypass the scheduler either way; for a direct call the gateway itself
@@ -18,12 +18,12 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::StreamExt;
 use nimbus_proto::{
-    AckResult, Dispatch, DispatchAck, ErrorCode, FunctionConfig, Heartbeat, InvocationType,
-    InvokeReply, WIRE_VERSION, WireError, decode, encode,
+    AckResult, Dispatch, DispatchAck, FunctionConfig, Heartbeat, InvocationType, InvokeReply,
+    WIRE_VERSION, WireError, decode, encode,
 };
 
 use crate::AppState;
@@ -116,7 +116,7 @@ impl WarmRoutes {
     }
 }
 
-/// How a direct call ended when it did not produce a reply.
+/// How a direct call went: run (its reply), or not taken — then a scheduler places it.
 pub enum Direct {
     Ran(InvokeReply),
     /// The worker refused it (no idle instance of that revision, no free slot).
@@ -198,10 +198,7 @@ pub async fn invoke(
         () = stopped(state, worker) => {
             tracing::warn!(%request_id, worker_id = %worker, "worker vanished mid-invocation; failing the call");
             count("worker_lost");
-            return Err(ApiError::from_wire(WireError::new(
-                ErrorCode::Internal,
-                format!("the worker running this invocation ({worker}) stopped before it finished"),
-            )));
+            return Err(ApiError::from_wire(WireError::worker_lost(worker)));
         }
     };
     let msg = match outcome {
@@ -234,23 +231,14 @@ fn count(result: &'static str) {
 
 /// Whether `worker` is heard from, not draining: it may be sent new work.
 pub fn usable(state: &AppState, worker: &str) -> bool {
-    let expiry = Duration::from_millis(nimbus_proto::worker::WORKER_EXPIRY_MS);
-    let workers = state.workers.lock().expect("lock poisoned");
-    workers
-        .get(worker)
-        .is_some_and(|(seen, hb)| seen.elapsed() < expiry && !hb.draining)
+    state.worker_heard(worker) == Some(false)
 }
 
 /// Resolves once `worker` has not been heard from for the expiry time.
 async fn stopped(state: &AppState, worker: &str) {
-    let expiry = Duration::from_millis(nimbus_proto::worker::WORKER_EXPIRY_MS);
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let last: Option<Instant> = {
-            let workers = state.workers.lock().expect("lock poisoned");
-            workers.get(worker).map(|(seen, _)| *seen)
-        };
-        if last.is_none_or(|seen| seen.elapsed() >= expiry) {
+        if state.worker_heard(worker).is_none() {
             return;
         }
     }

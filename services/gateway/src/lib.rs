@@ -52,15 +52,32 @@ pub struct AppState {
     pub region: String,
     pub s3_events_subject: String,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
-    /// Last heartbeat of each worker, for `GET /nimbus/v1/cluster`.
     /// Keys that may sign requests; `None`: the APIs are open.
     pub access_keys: Option<auth::AccessKeys>,
+    /// Last heartbeat of each worker and when it came: for `GET /nimbus/v1/cluster`
+    /// and the liveness of workers called directly.
     pub workers: std::sync::Mutex<
         std::collections::HashMap<String, (std::time::Instant, nimbus_proto::Heartbeat)>,
     >,
     /// Workers that ran each function's current revision: warm calls go to them.
     pub warm: direct::WarmRoutes,
     pub direct_dispatch: bool,
+}
+
+impl AppState {
+    /// `Some(draining)` while `worker` is heard from (a heartbeat within
+    /// [`WORKER_EXPIRY_MS`](nimbus_proto::worker::WORKER_EXPIRY_MS)); `None` once
+    /// it is not.
+    pub fn worker_heard(&self, worker: &str) -> Option<bool> {
+        let workers = self.workers.lock().expect("lock poisoned");
+        let (seen, hb) = workers.get(worker)?;
+        heard_recently(*seen).then_some(hb.draining)
+    }
+}
+
+/// Whether a heartbeat that came at `seen` still counts its worker as alive.
+pub fn heard_recently(seen: std::time::Instant) -> bool {
+    seen.elapsed() < std::time::Duration::from_millis(nimbus_proto::worker::WORKER_EXPIRY_MS)
 }
 
 pub async fn run(

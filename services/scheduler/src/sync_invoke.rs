@@ -49,12 +49,7 @@ pub async fn run(
                     tracing::warn!(%request_id, worker_id = %worker, "worker vanished mid-invocation; failing the call");
                     let reply = InvokeReply::failed(
                         request_id,
-                        nimbus_proto::WireError::new(
-                            nimbus_proto::ErrorCode::Internal,
-                            format!(
-                                "the worker running this invocation ({worker}) stopped before it finished"
-                            ),
-                        ),
+                        nimbus_proto::WireError::worker_lost(&worker),
                     );
                     let _ = placement.nats.publish(reply_to, encode(&reply)).await;
                 }

@@ -1,6 +1,7 @@
 //! `Invoke`: `RequestResponse` goes straight to a worker holding a warm instance, or
-//! to a scheduler over NATS, and the worker answers this gateway's inbox directly; `Event` is stored in the async stream (202 only
-//! after JetStream acknowledged it); `DryRun` checks and answers 204.
+//! to a scheduler over NATS, and the worker answers this gateway's inbox directly;
+//! `Event` is stored in the async stream (202 only after JetStream acknowledged it);
+//! `DryRun` checks and answers 204.
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -33,9 +33,8 @@ pub async fn healthz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
 
 /// `GET /nimbus/v1/cluster`: workers heard from in the last 3 s.
 pub async fn cluster(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
-    let expiry = Duration::from_millis(nimbus_proto::worker::WORKER_EXPIRY_MS);
     let mut w = state.workers.lock().expect("lock poisoned");
-    w.retain(|_, (seen, _)| seen.elapsed() < expiry);
+    w.retain(|_, (seen, _)| crate::heard_recently(*seen));
     let mut workers: Vec<_> = w
         .values()
         .map(|(seen, hb)| {
