@@ -844,6 +844,13 @@ pub fn shell_zip() -> Vec<u8> {
     zip_files(&[("bootstrap", &src, true)])
 }
 
+/// The benchmark's native no-op: a `bootstrap` using the standard library alone.
+pub fn native_noop_zip() -> Vec<u8> {
+    let src = std::fs::read(bin_dir().join("native-noop-function"))
+        .expect("native-noop-function is built with the workspace binaries");
+    zip_files(&[("bootstrap", &src, true)])
+}
+
 pub fn rust_zip() -> Vec<u8> {
     let src = std::fs::read(bin_dir().join("rust-echo-function"))
         .expect("rust-echo-function is built with the workspace binaries");

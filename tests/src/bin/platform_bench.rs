@@ -9,8 +9,8 @@
 //! one Lambda Runtime API exchange with a warm native child (the native function's
 //! own program against a minimal Runtime API); a bare process start (native no-op,
 //! `python3 -I -S -c pass`).
-//! Nimbus: warm sync invokes (native `provided` function built with lambda_runtime,
-//! Python no-op) at concurrency 1 and 32; cold starts; Event latency from the 202 to
+//! Nimbus: warm sync invokes (native `provided` no-op — a tiny `bootstrap` on the
+//! standard library, `native_noop.rs` — and a Python no-op) at concurrency 1 and 32; cold starts; Event latency from the 202 to
 //! the function's start, and Event throughput end to end;
 //! service memory idle and under load.
 //!
@@ -355,8 +355,8 @@ async fn read_request(
 }
 
 /// One Lambda Runtime API exchange with a warm native child, the floor of what a
-/// worker adds to a warm invocation: the program a native function runs (the same
-/// `lambda_runtime` bootstrap), started once against a minimal Runtime API on
+/// worker adds to a warm invocation: the program the native no-op runs (the same
+/// tiny bootstrap), started once against a minimal Runtime API on
 /// loopback; each sample is the time from handing it an event (the answer to its
 /// waiting `GET …/next`) to having read its `POST …/response`.
 async fn runtime_api_floor(
@@ -598,7 +598,7 @@ async fn run() {
     let placed32 = nats_floor(32, 20000 / scale, "bench.floor.a").await;
     let floor_dir = tempfile::tempdir().unwrap();
     let exchange = runtime_api_floor(
-        &bin_dir().join("rust-echo-function"),
+        &bin_dir().join("native-noop-function"),
         floor_dir.path(),
         2000 / scale,
     )
@@ -662,7 +662,7 @@ async fn run() {
     );
     // The cold-start functions' own programs, bare.
     let bare_dir = tempfile::tempdir().unwrap();
-    let native_bin = bin_dir().join("rust-echo-function");
+    let native_bin = bin_dir().join("native-noop-function");
     std::fs::write(bare_dir.path().join("noop.py"), PYTHON_NOOP).unwrap();
     let py_bootstrap = workspace_root().join("services/worker/src/runtimes/python_bootstrap.py");
     let bare_native = bare_init_floor(
@@ -705,7 +705,7 @@ async fn run() {
             "native-noop",
             "provided.al2023",
             "bootstrap",
-            &rust_zip(),
+            &native_noop_zip(),
             json!({}),
         )
         .await;
@@ -818,7 +818,7 @@ async fn run() {
             "native",
             "provided.al2023",
             "bootstrap",
-            rust_zip(),
+            native_noop_zip(),
             &spawn_native,
             &bare_native,
         ),
