@@ -47,6 +47,10 @@ const NODE_BOOTSTRAP: &str = include_str!("runtimes/node_bootstrap.mjs");
 /// Bytes of log returned with `X-Amz-Log-Type: Tail`.
 const LOG_TAIL_BYTES: usize = 4096;
 
+/// The longest a cold start's box is left unreplaced while the start and its first
+/// call run.
+const REFILL_AFTER: std::time::Duration = std::time::Duration::from_millis(50);
+
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
     pub worker_id: String,
@@ -311,6 +315,10 @@ impl Worker {
             if let Err(e) = w.nats.publish(reply_to, encode(&reply)).await {
                 tracing::warn!(request_id = %reply.request_id, error = %e, "reply not sent");
             }
+            if reply.init_duration_us.is_some() {
+                // A cold start's box is replaced now that its caller has the result.
+                w.sandbox.prepare_boxes();
+            }
             // The log record goes after the reply: it is not on the caller's path.
             if let Some((function, text)) = log {
                 w.publish_log(function, &reply.request_id, text).await;
@@ -435,7 +443,7 @@ impl Worker {
             Box::new(InvokeReply::failed(&d.request_id, WireError::new(code, e.to_string())))
         })?;
         let id = self.next_instance.fetch_add(1, Ordering::Relaxed);
-        Instance::start(
+        let started = Instance::start(
             id,
             key,
             &d.config,
@@ -444,8 +452,17 @@ impl Worker {
             self.sandbox.as_ref(),
             &self.scratch,
         )
-        .await
-        .map_err(|e| {
+        .await;
+        // The box this start may have taken is replaced once its first reply is
+        // out (see `dispatch`), or after REFILL_AFTER if the start or the call takes
+        // longer: made at once, the new box's fork, cgroup move and exec competed for
+        // the CPU with the start and its first call.
+        let sandbox = self.sandbox.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(REFILL_AFTER).await;
+            sandbox.prepare_boxes();
+        });
+        started.map_err(|e| {
             tracing::warn!(function = %d.config.name, request_id = %d.request_id, error = %e, "instance did not start");
             let reply = match e {
                 InstanceError::NoBootstrap | InstanceError::UnsupportedRuntime(_) => {

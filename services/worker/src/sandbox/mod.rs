@@ -227,7 +227,7 @@ pub trait Sandbox: Send + Sync + 'static {
     }
 
     /// Starts making boxes ahead of need, where the box supports it (from within
-    /// the async runtime).
+    /// the async runtime); again after each instance start, which may have taken one.
     fn prepare_boxes(&self) {}
 
     /// Also keep boxes with `preload`'s runtime already started in them (from
@@ -533,9 +533,9 @@ impl Sandbox for ProcessSandbox {
         if let Some(pool) = &self.pool
             && spec.runtime_api_socket.is_none()
         {
-            let taken = pool.take(spec);
-            pool.refill();
-            if let Some(ready) = taken {
+            // Not refilled here: making a box takes CPU this start needs. The
+            // worker calls `prepare_boxes` once the instance is up.
+            if let Some(ready) = pool.take(spec) {
                 match ready.start(spec, uid, &output, &self.cfg) {
                     Ok(boxed) => return Ok(boxed),
                     Err(e) => tracing::warn!(
