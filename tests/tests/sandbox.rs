@@ -427,14 +427,24 @@ async fn an_isolated_network_reaches_only_the_runtime_api() {
     cluster.stop();
 }
 
-/// Plain boxes `worker` holds made ahead: the pids of inits with `--await` in
-/// their command lines that have not started a function yet (no child).
+/// Plain boxes `worker` holds made ahead: the pids of inits with `--await` (and no
+/// `--preload`) in their command lines that have not started a function yet — their
+/// one child, the namespace's pid 1 made ahead, has no child of its own.
 fn waiting_boxes(worker: u32) -> Vec<String> {
+    let children = |pid: &str| -> Vec<String> {
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+            .map(|c| c.split_whitespace().map(str::to_string).collect())
+            .unwrap_or_default()
+    };
     children_with_arg(worker, b"--await")
         .into_iter()
         .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-                .is_ok_and(|c| c.trim().is_empty())
+            let preloaded = std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.split(|b| *b == 0).any(|a| a == b"--preload"));
+            match children(pid).as_slice() {
+                [pid1] => !preloaded && children(pid1).is_empty(),
+                _ => false,
+            }
         })
         .collect()
 }

@@ -185,16 +185,15 @@ fn try_run(args: &[String]) -> Result<Never, String> {
         .chain(rest)
         .map(|a| CString::new(a.as_bytes()).map_err(|_| format!("NUL in {a:?}")))
         .collect::<Result<_, _>>()?;
-    fork_pid_one(uid, relay, argv, None, None)
+    fork_pid_one(uid, relay, argv)
 }
 
 /// A box made ahead: waits for its order on the socket `<fd>` (`args`: `<fd>
 /// [--preload <runtime-dir> <program> [args…]]`).
 fn await_order(args: &[String]) -> Result<Never, String> {
-    use std::io::IoSliceMut;
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
-    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+    use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
     // Only ever in a box: run by hand, its mounts would land on the host's.
     let ns = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/mnt")).ok();
     if ns("self").is_none() || ns("self") == ns("1") {
@@ -234,6 +233,95 @@ fn await_order(args: &[String]) -> Result<Never, String> {
     if let Some((pid1, _)) = &preloaded {
         wait_for_order_or_exit(sock.as_raw_fd(), *pid1)?;
     }
+    let Some((pid1, runtime)) = preloaded else {
+        // A plain box: pid 1 is made now, with its /proc, and takes the order
+        // itself — a fork and a mount fewer on the cold start's path.
+        // SAFETY: single-threaded (the async runtime has not started).
+        match unsafe { fork() }.map_err(|e| format!("fork: {e}"))? {
+            ForkResult::Parent { child } => {
+                drop(sock);
+                exit_like(pid_one_status(wait_for(child)))
+            }
+            ForkResult::Child => {
+                let e = pid_one_awaiting(sock);
+                eprintln!("nimbus box init: {}", e.err().unwrap_or_default());
+                std::process::exit(126)
+            }
+        }
+    };
+    let (buf, len, output) = receive_order(&sock)?;
+    let order = Order::decode(&buf[..len])?;
+    let output = output.ok_or("order without its output descriptor")?;
+    drop(sock);
+    // SAFETY: descriptors we own; stdout and stderr become the instance's pipe.
+    unsafe {
+        if nix::libc::dup2(output, 1) < 0 || nix::libc::dup2(output, 2) < 0 {
+            return Err(format!("dup2: {}", std::io::Error::last_os_error()));
+        }
+    }
+    let cstr = |a: &str| CString::new(a.as_bytes()).map_err(|_| format!("NUL in {a:?}"));
+    let plan = super::MountPlan::new(order.tmp_mb, cstr(&order.code)?, None);
+    super::mount_box(&plan).map_err(|e| format!("mounting the box: {e}"))?;
+    sendmsg::<()>(
+        runtime.as_raw_fd(),
+        &[std::io::IoSlice::new(&buf[..len])],
+        &[ControlMessage::ScmRights(&[output])],
+        MsgFlags::MSG_NOSIGNAL,
+        None,
+    )
+    .map_err(|e| format!("handing the runtime its function: {e}"))?;
+    // SAFETY: our copy; the runtime has its own.
+    unsafe { nix::libc::close(output) };
+    drop(runtime);
+    exit_like(pid_one_status(wait_for(pid1)))
+}
+
+/// Pid 1 of a plain box made ahead: its /proc now; on the order, the function's
+/// output, limits and mounts, then the runtime as pid 2 (as [`pid_one`]).
+fn pid_one_awaiting(sock: std::os::fd::OwnedFd) -> Result<Never, String> {
+    pid_one_prelude()?;
+    let (buf, len, output) = receive_order(&sock)?;
+    let order = Order::decode(&buf[..len])?;
+    let output = output.ok_or("order without its output descriptor")?;
+    drop(sock);
+    // SAFETY: descriptors we own; stdout and stderr become the instance's pipe.
+    unsafe {
+        if nix::libc::dup2(output, 1) < 0 || nix::libc::dup2(output, 2) < 0 {
+            return Err(format!("dup2: {}", std::io::Error::last_os_error()));
+        }
+        nix::libc::close(output);
+    }
+    use nix::sys::resource::{Resource, setrlimit};
+    setrlimit(Resource::RLIMIT_AS, order.as_limit, order.as_limit)
+        .map_err(|e| format!("RLIMIT_AS: {e}"))?;
+    let cstr = |a: &str| CString::new(a.as_bytes()).map_err(|_| format!("NUL in {a:?}"));
+    let argv: Vec<CString> = std::iter::once(&order.program)
+        .chain(&order.args)
+        .map(|a| cstr(a))
+        .collect::<Result<_, _>>()?;
+    let envp: Vec<CString> = order
+        .env
+        .iter()
+        .map(|e| cstr(e))
+        .collect::<Result<_, _>>()?;
+    let plan = super::MountPlan::new(
+        order.tmp_mb,
+        cstr(&order.code)?,
+        Some(cstr(&order.runtime)?),
+    );
+    super::mount_box(&plan).map_err(|e| format!("mounting the box: {e}"))?;
+    start_runtime(order.uid, None, &argv, Some(&envp))
+}
+
+/// The order off the worker's socket: the buffer, its length and the output pipe
+/// it carried. Exits (0) if the worker closed the box unused.
+fn receive_order(
+    sock: &std::os::fd::OwnedFd,
+) -> Result<(Vec<u8>, usize, Option<std::os::fd::RawFd>), String> {
+    use std::io::IoSliceMut;
+    use std::os::fd::AsRawFd;
+
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
     let mut buf = vec![0u8; 256 * 1024];
     let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 1]);
     let (len, output) = loop {
@@ -263,54 +351,7 @@ fn await_order(args: &[String]) -> Result<Never, String> {
     if len == 0 {
         std::process::exit(0); // the worker closed the box unused
     }
-    let order = Order::decode(&buf[..len])?;
-    let output = output.ok_or("order without its output descriptor")?;
-    drop(sock);
-    // SAFETY: descriptors we own; stdout and stderr become the instance's pipe.
-    unsafe {
-        if nix::libc::dup2(output, 1) < 0 || nix::libc::dup2(output, 2) < 0 {
-            return Err(format!("dup2: {}", std::io::Error::last_os_error()));
-        }
-    }
-    if let Some((pid1, runtime)) = preloaded {
-        let cstr = |a: &str| CString::new(a.as_bytes()).map_err(|_| format!("NUL in {a:?}"));
-        let plan = super::MountPlan::new(order.tmp_mb, cstr(&order.code)?, None);
-        super::mount_box(&plan).map_err(|e| format!("mounting the box: {e}"))?;
-        use nix::sys::socket::{ControlMessage, sendmsg};
-        sendmsg::<()>(
-            runtime.as_raw_fd(),
-            &[std::io::IoSlice::new(&buf[..len])],
-            &[ControlMessage::ScmRights(&[output])],
-            MsgFlags::MSG_NOSIGNAL,
-            None,
-        )
-        .map_err(|e| format!("handing the runtime its function: {e}"))?;
-        // SAFETY: our copy; the runtime has its own.
-        unsafe { nix::libc::close(output) };
-        drop(runtime);
-        exit_like(pid_one_status(wait_for(pid1)))
-    }
-    // SAFETY: stdout and stderr hold it now.
-    unsafe { nix::libc::close(output) };
-    use nix::sys::resource::{Resource, setrlimit};
-    setrlimit(Resource::RLIMIT_AS, order.as_limit, order.as_limit)
-        .map_err(|e| format!("RLIMIT_AS: {e}"))?;
-    let cstr = |a: &str| CString::new(a.as_bytes()).map_err(|_| format!("NUL in {a:?}"));
-    let argv: Vec<CString> = std::iter::once(&order.program)
-        .chain(&order.args)
-        .map(|a| cstr(a))
-        .collect::<Result<_, _>>()?;
-    let envp: Vec<CString> = order
-        .env
-        .iter()
-        .map(|e| cstr(e))
-        .collect::<Result<_, _>>()?;
-    let mounts = super::MountPlan::new(
-        order.tmp_mb,
-        cstr(&order.code)?,
-        Some(cstr(&order.runtime)?),
-    );
-    fork_pid_one(order.uid, None, argv, Some(envp), Some(mounts))
+    Ok((buf, len, output))
 }
 
 /// Returns when `sock` has something to read; exits (125) if `pid1` ends first.
@@ -389,7 +430,7 @@ fn start_preloaded(
         ForkResult::Parent { child } => Ok((child, ours)),
         ForkResult::Child => {
             drop(ours);
-            let e = pid_one(None, None, &argv, None, None);
+            let e = pid_one(None, None, &argv);
             eprintln!("nimbus box init: {}", e.err().unwrap_or_default());
             std::process::exit(126)
         }
@@ -414,36 +455,30 @@ fn fork_pid_one(
     uid: Option<u32>,
     relay: Option<Relay>,
     argv: Vec<CString>,
-    envp: Option<Vec<CString>>,
-    mounts: Option<super::MountPlan>,
 ) -> Result<Never, String> {
     // SAFETY: single-threaded (the async runtime has not started).
     match unsafe { fork() }.map_err(|e| format!("fork: {e}"))? {
         ForkResult::Parent { child } => exit_like(pid_one_status(wait_for(child))),
-        ForkResult::Child => pid_one(uid, relay, &argv, envp.as_deref(), mounts.as_ref()),
+        ForkResult::Child => pid_one(uid, relay, &argv),
     }
 }
 
-/// Pid 1 of the namespace.
-fn pid_one(
-    uid: Option<u32>,
-    relay: Option<Relay>,
-    argv: &[CString],
-    envp: Option<&[CString]>,
-    mounts: Option<&super::MountPlan>,
-) -> Result<Never, String> {
+/// Pid 1 of the namespace (its mounts made by whoever made the box).
+fn pid_one(uid: Option<u32>, relay: Option<Relay>, argv: &[CString]) -> Result<Never, String> {
+    pid_one_prelude()?;
+    start_runtime(uid, relay, argv, None)
+}
+
+/// What pid 1 is first: bound to its parent's life, and the /proc of its namespace.
+fn pid_one_prelude() -> Result<(), String> {
     let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
-    // Only ever inside a box: run by hand, the mounts below would land on the host.
+    // Only ever inside a box: run by hand, the mounts here and after would land on
+    // the host.
     if nix::unistd::getpid().as_raw() != 1 {
         return Err(
             "not pid 1 of a new pid namespace: the box's init runs only in a box the worker made"
                 .into(),
         );
-    }
-    // A box made ahead gets its function's mounts now (its mount namespace is
-    // already private).
-    if let Some(plan) = mounts {
-        super::mount_box(plan).map_err(|e| format!("mounting the box: {e}"))?;
     }
     use nix::mount::{MsFlags, mount};
     const NONE: Option<&'static std::ffi::CStr> = None;
@@ -455,6 +490,19 @@ fn pid_one(
         NONE,
     )
     .map_err(|e| format!("mounting /proc: {e}"))?;
+    Ok(())
+}
+
+/// Pid 1's work: the runtime as pid 2 (with the relay, if any), then reaping
+/// everything until the runtime ends, and ending like it.
+fn start_runtime(
+    uid: Option<u32>,
+    relay: Option<Relay>,
+    argv: &[CString],
+    envp: Option<&[CString]>,
+) -> Result<Never, String> {
+    use nix::mount::{MsFlags, mount};
+    const NONE: Option<&'static std::ffi::CStr> = None;
     // Bound before the runtime starts, so its first connection waits in the backlog.
     let relay = match relay {
         Some(r) => {
