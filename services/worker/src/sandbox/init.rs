@@ -15,9 +15,10 @@
 //! up loopback and relays `127.0.0.1:9001` to the worker's Runtime API socket.
 //!
 //! A box can also be made before its function is known ([`AWAIT_ARG`]): the init
-//! then waits, already in its cgroup and namespaces, for an [`Order`] — the
-//! function's uid, program, environment, code and output pipe — and goes on as
-//! above. Moving a process into a cgroup costs an RCU grace period (~10 ms on the
+//! forks pid 1 at once, which mounts its `/proc` and waits, already in the box's
+//! cgroup and namespaces, for an [`Order`] — the function's uid, program,
+//! environment, code and output pipe — then mounts the code and `/tmp` and goes on
+//! as above (a fork and a mount fewer on the cold start's path). Moving a process into a cgroup costs an RCU grace period (~10 ms on the
 //! project machine, most of a native cold start); a box made ahead pays it off the
 //! invocation's path.
 //!
