@@ -606,6 +606,38 @@ impl Cluster {
         .expect("nats connect")
     }
 
+    /// SIGKILLs the scheduler and waits until nats-server has dropped its
+    /// subscription: until then a request to it is delivered to the dead connection
+    /// (unanswered) rather than refused with "no responders", so a call made right
+    /// after the kill would wait out the gateway's timeout instead of the 503 a
+    /// cluster without a scheduler answers.
+    pub async fn kill_scheduler(&mut self) {
+        self.scheduler.kill();
+        let nc = self.nats_client().await;
+        let subject = nimbus_proto::Subjects::new("nimbus")
+            .expect("the default prefix")
+            .invoke();
+        eventually(
+            Duration::from_secs(10),
+            "nats-server to drop the killed scheduler's subscription",
+            || {
+                let (nc, subject) = (nc.clone(), subject.clone());
+                async move {
+                    let request = async_nats::Request::new()
+                        .payload(bytes::Bytes::new())
+                        .timeout(Some(Duration::from_millis(200)));
+                    match nc.send_request(subject, request).await {
+                        Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
+                            Some(())
+                        }
+                        _ => None,
+                    }
+                }
+            },
+        )
+        .await;
+    }
+
     /// Starts another worker (`w<i>`), e.g. after one was killed.
     pub fn add_worker(&mut self) -> usize {
         let i = self.workers.len() as u32 + 1;

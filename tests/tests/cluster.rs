@@ -259,7 +259,7 @@ async fn with_warm_dispatch_scheduler_every_call_is_placed() {
         !metrics.contains("nimbus_gateway_direct_dispatches_total"),
         "{metrics}"
     );
-    cluster.scheduler.kill();
+    cluster.kill_scheduler().await;
     let r = cluster.invoke("kept", &json!({"name": "x"})).await;
     assert_eq!(r.status, 503, "{}", r.text());
     cluster.stop();
@@ -274,7 +274,7 @@ async fn warm_calls_go_on_while_no_scheduler_runs() {
     }
     let r = cluster.invoke("kept", &json!({"name": "first"})).await;
     assert_eq!(r.status, 200, "{}", r.text());
-    cluster.scheduler.kill();
+    cluster.kill_scheduler().await;
     // Warm: straight to the worker holding the instance.
     for i in 0..5 {
         let r = cluster.invoke("kept", &json!({"name": i})).await;
