@@ -168,9 +168,8 @@ pub fn verify(
     };
     let amz_date =
         header("x-amz-date").ok_or_else(|| AuthError::Malformed("an X-Amz-Date header".into()))?;
-    let when = chrono::NaiveDateTime::parse_from_str(amz_date, "%Y%m%dT%H%M%SZ")
-        .map_err(|_| AuthError::Malformed("X-Amz-Date in the form YYYYMMDDTHHMMSSZ".into()))?
-        .and_utc();
+    let when = parse_amz_date(amz_date)
+        .ok_or_else(|| AuthError::Malformed("X-Amz-Date in the form YYYYMMDDTHHMMSSZ".into()))?;
     if (now - when).num_seconds().abs() > MAX_SKEW_SECS {
         return Err(AuthError::Expired(amz_date.to_string()));
     }
@@ -184,11 +183,6 @@ pub fn verify(
     if !names.iter().any(|n| n == "host") {
         return Err(AuthError::Malformed("host among SignedHeaders".into()));
     }
-    let headers: Vec<(String, String)> = req
-        .headers
-        .iter()
-        .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
-        .collect();
     let payload = match header("x-amz-content-sha256") {
         // Clients may declare the hash; it must be the body's.
         Some(declared) => {
@@ -200,14 +194,14 @@ pub fn verify(
         }
         None => hex(&Sha256::digest(req.body)),
     };
-    let canonical = canonical_request(req, &headers, &names, &payload);
+    let canonical = canonical_request(req, req.headers, &names, &payload);
     let scope = format!("{date}/{region}/{service}/aws4_request");
     let to_sign = format!(
         "{ALGORITHM}\n{amz_date}\n{scope}\n{}",
         hex(&Sha256::digest(canonical.as_bytes()))
     );
     let expected = hex(&hmac(
-        &signing_key(&secret, date, region, service),
+        &cached_signing_key(&secret, date, region, service),
         to_sign.as_bytes(),
     ));
     if constant_time_eq(expected.as_bytes(), signature.as_bytes()) {
@@ -274,14 +268,22 @@ fn canonical_request(
     out.push_str(&canonical_query(req.query));
     out.push('\n');
     for name in names {
-        let values: Vec<String> = headers
-            .iter()
-            .filter(|(k, _)| k == name)
-            .map(|(_, v)| v.split_whitespace().collect::<Vec<_>>().join(" "))
-            .collect();
         out.push_str(name);
         out.push(':');
-        out.push_str(&values.join(","));
+        let mut first_value = true;
+        for (_, v) in headers.iter().filter(|(k, _)| k.eq_ignore_ascii_case(name)) {
+            if !first_value {
+                out.push(',');
+            }
+            first_value = false;
+            // Sequential spaces collapsed to one, the ends trimmed.
+            for (i, word) in v.split_whitespace().enumerate() {
+                if i > 0 {
+                    out.push(' ');
+                }
+                out.push_str(word);
+            }
+        }
         out.push('\n');
     }
     out.push('\n');
@@ -370,6 +372,47 @@ fn decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// `YYYYMMDDTHHMMSSZ`, the only form `X-Amz-Date` takes.
+fn parse_amz_date(s: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    let b = s.as_bytes();
+    if b.len() != 16 || b[8] != b'T' || b[15] != b'Z' {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<u32> {
+        b[r].iter().try_fold(0u32, |n, c| {
+            c.is_ascii_digit().then(|| n * 10 + u32::from(c - b'0'))
+        })
+    };
+    let date = chrono::NaiveDate::from_ymd_opt(num(0..4)? as i32, num(4..6)?, num(6..8)?)?;
+    Some(
+        date.and_hms_opt(num(9..11)?, num(11..13)?, num(13..15)?)?
+            .and_utc(),
+    )
+}
+
+/// [`signing_key`], remembered: it changes once a day per key, region and service,
+/// and deriving it is four HMACs — most of a verification's hashing.
+fn cached_signing_key(secret: &str, date: &str, region: &str, service: &str) -> Vec<u8> {
+    type Cache = Vec<((String, String, String, String), Vec<u8>)>;
+    static CACHE: std::sync::Mutex<Cache> = std::sync::Mutex::new(Vec::new());
+    let found = |c: &Cache| {
+        c.iter()
+            .find(|((s, d, r, v), _)| s == secret && d == date && r == region && v == service)
+            .map(|(_, k)| k.clone())
+    };
+    if let Some(k) = found(&CACHE.lock().unwrap_or_else(|e| e.into_inner())) {
+        return k;
+    }
+    let key = signing_key(secret, date, region, service);
+    let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    if cache.len() >= 64 {
+        cache.clear(); // a new day, or many keys: start over
+    }
+    let entry = (secret.into(), date.into(), region.into(), service.into());
+    cache.push((entry, key.clone()));
+    key
+}
+
 fn signing_key(secret: &str, date: &str, region: &str, service: &str) -> Vec<u8> {
     let k = hmac(format!("AWS4{secret}").as_bytes(), date.as_bytes());
     let k = hmac(&k, region.as_bytes());
@@ -396,7 +439,13 @@ pub fn hmac(key: &[u8], msg: &[u8]) -> Vec<u8> {
 }
 
 pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(DIGITS[usize::from(b >> 4)] as char);
+        out.push(DIGITS[usize::from(b & 0xf)] as char);
+    }
+    out
 }
 
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -551,6 +600,23 @@ mod tests {
             verify(&parts(&base, b"{}"), lookup, now),
             Err(AuthError::Missing)
         );
+    }
+
+    #[test]
+    fn amz_dates_parse_in_their_one_form_only() {
+        let t = parse_amz_date("20150830T123600Z").expect("a valid date");
+        assert_eq!(t.to_rfc3339(), "2015-08-30T12:36:00+00:00");
+        for bad in [
+            "20150830T1236Z",
+            "20150830 123600Z",
+            "20150830T123600",
+            "2015O830T123600Z",
+            "20151330T123600Z",
+            "20150830T246000Z",
+            "+0150830T123600Z",
+        ] {
+            assert_eq!(parse_amz_date(bad), None, "{bad}");
+        }
     }
 
     #[test]
