@@ -134,7 +134,9 @@ pub struct Instance {
     pub id: u64,
     api: RuntimeApi,
     sandbox: Arc<SandboxHandle>,
-    /// OOM kills seen so far (a new one means this invocation ran out of memory).
+    /// OOM kills counted when last read — only when the runtime died: any kill
+    /// since the instance started then names the crash `Runtime.OutOfMemory`
+    /// (the instance ends with it).
     oom_kills: u64,
     exited: watch::Receiver<bool>,
     logs: Arc<LogCapture>,
@@ -352,11 +354,15 @@ impl Instance {
             self.init = Some(ready.saturating_duration_since(self.started));
         }
         let max_mem = self.sandbox.peak_memory_mb();
-        let oom_kills = self.sandbox.oom_kills();
-        let out_of_memory = oom_kills > self.oom_kills;
-        self.oom_kills = oom_kills;
-        if out_of_memory && matches!(ended, Ended::Crash) {
-            ended = Ended::OutOfMemory;
+        // Read only when the runtime died (the one case it decides): a cgroup file
+        // read is a measurable part of a warm invocation's CPU in the worker.
+        if matches!(ended, Ended::Crash) {
+            let oom_kills = self.sandbox.oom_kills();
+            let out_of_memory = oom_kills > self.oom_kills;
+            self.oom_kills = oom_kills;
+            if out_of_memory {
+                ended = Ended::OutOfMemory;
+            }
         }
         let (outcome, reusable, status_line) = match ended {
             Ended::Response(b) => (Outcome::Response(b), true, None),
