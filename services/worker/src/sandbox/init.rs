@@ -250,16 +250,7 @@ fn await_order(args: &[String]) -> Result<Never, String> {
             }
         }
     };
-    let (buf, len, output) = receive_order(&sock)?;
-    let order = Order::decode(&buf[..len])?;
-    let output = output.ok_or("order without its output descriptor")?;
-    drop(sock);
-    // SAFETY: descriptors we own; stdout and stderr become the instance's pipe.
-    unsafe {
-        if nix::libc::dup2(output, 1) < 0 || nix::libc::dup2(output, 2) < 0 {
-            return Err(format!("dup2: {}", std::io::Error::last_os_error()));
-        }
-    }
+    let (buf, len, order, output) = take_order(sock)?;
     let cstr = |a: &str| CString::new(a.as_bytes()).map_err(|_| format!("NUL in {a:?}"));
     let plan = super::MountPlan::new(order.tmp_mb, cstr(&order.code)?, None);
     super::mount_box(&plan).map_err(|e| format!("mounting the box: {e}"))?;
@@ -281,17 +272,9 @@ fn await_order(args: &[String]) -> Result<Never, String> {
 /// output, limits and mounts, then the runtime as pid 2 (as [`pid_one`]).
 fn pid_one_awaiting(sock: std::os::fd::OwnedFd) -> Result<Never, String> {
     pid_one_prelude()?;
-    let (buf, len, output) = receive_order(&sock)?;
-    let order = Order::decode(&buf[..len])?;
-    let output = output.ok_or("order without its output descriptor")?;
-    drop(sock);
-    // SAFETY: descriptors we own; stdout and stderr become the instance's pipe.
-    unsafe {
-        if nix::libc::dup2(output, 1) < 0 || nix::libc::dup2(output, 2) < 0 {
-            return Err(format!("dup2: {}", std::io::Error::last_os_error()));
-        }
-        nix::libc::close(output);
-    }
+    let (_, _, order, output) = take_order(sock)?;
+    // SAFETY: stdout and stderr hold it now.
+    unsafe { nix::libc::close(output) };
     use nix::sys::resource::{Resource, setrlimit};
     setrlimit(Resource::RLIMIT_AS, order.as_limit, order.as_limit)
         .map_err(|e| format!("RLIMIT_AS: {e}"))?;
@@ -314,11 +297,12 @@ fn pid_one_awaiting(sock: std::os::fd::OwnedFd) -> Result<Never, String> {
     start_runtime(order.uid, None, &argv, Some(&envp))
 }
 
-/// The order off the worker's socket: the buffer, its length and the output pipe
-/// it carried. Exits (0) if the worker closed the box unused.
-fn receive_order(
-    sock: &std::os::fd::OwnedFd,
-) -> Result<(Vec<u8>, usize, Option<std::os::fd::RawFd>), String> {
+/// The order off the worker's socket (which it closes): the raw message, its
+/// length, the order, and the output pipe it carried, already made this process's
+/// stdout and stderr. Exits (0) if the worker closed the box unused.
+fn take_order(
+    sock: std::os::fd::OwnedFd,
+) -> Result<(Vec<u8>, usize, Order, std::os::fd::RawFd), String> {
     use std::io::IoSliceMut;
     use std::os::fd::AsRawFd;
 
@@ -352,7 +336,16 @@ fn receive_order(
     if len == 0 {
         std::process::exit(0); // the worker closed the box unused
     }
-    Ok((buf, len, output))
+    drop(sock);
+    let order = Order::decode(&buf[..len])?;
+    let output = output.ok_or("order without its output descriptor")?;
+    // SAFETY: descriptors we own; stdout and stderr become the instance's pipe.
+    unsafe {
+        if nix::libc::dup2(output, 1) < 0 || nix::libc::dup2(output, 2) < 0 {
+            return Err(format!("dup2: {}", std::io::Error::last_os_error()));
+        }
+    }
+    Ok((buf, len, order, output))
 }
 
 /// Returns when `sock` has something to read; exits (125) if `pid1` ends first.
