@@ -8,8 +8,8 @@
 //! `warm_only`: the worker accepts it only with an idle warm instance (its ack) and
 //! sends the result to this call's inbox. Three messages, no scheduler. Anything
 //! else — no known worker, a refusal, a worker that no longer listens — goes the
-//! scheduler's way, and its reply teaches the route again. Cold starts are always placed by a
-//! scheduler, which sees every worker's load.
+//! scheduler's way, and its reply teaches the route again. Cold starts are always
+//! placed by a scheduler, which sees every worker's load.
 //!
 //! Results bypass the scheduler either way; for a direct call the gateway itself
 //! watches the worker's heartbeats and fails the call when they stop, as the

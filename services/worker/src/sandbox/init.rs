@@ -18,9 +18,9 @@
 //! forks pid 1 at once, which mounts its `/proc` and waits, already in the box's
 //! cgroup and namespaces, for an [`Order`] — the function's uid, program,
 //! environment, code and output pipe — then mounts the code and `/tmp` and goes on
-//! as above (a fork and a mount fewer on the cold start's path). Moving a process into a cgroup costs an RCU grace period (~10 ms on the
-//! project machine, most of a native cold start); a box made ahead pays it off the
-//! invocation's path.
+//! as above (a fork and a mount fewer on the cold start's path). Moving a process
+//! into a cgroup costs an RCU grace period (~10 ms on the project machine, most of a
+//! native cold start); a box made ahead pays it off the invocation's path.
 //!
 //! It runs before the worker's async runtime starts (a single thread, so `fork` is
 //! safe) and never returns.
@@ -184,7 +184,7 @@ fn try_run(args: &[String]) -> Result<Never, String> {
     };
     let argv: Vec<CString> = std::iter::once(program)
         .chain(rest)
-        .map(|a| CString::new(a.as_bytes()).map_err(|_| format!("NUL in {a:?}")))
+        .map(|a| cstr(a))
         .collect::<Result<_, _>>()?;
     fork_pid_one(uid, relay, argv)
 }
@@ -250,13 +250,12 @@ fn await_order(args: &[String]) -> Result<Never, String> {
             }
         }
     };
-    let (buf, len, order, output) = take_order(sock)?;
-    let cstr = |a: &str| CString::new(a.as_bytes()).map_err(|_| format!("NUL in {a:?}"));
+    let (message, order, output) = take_order(sock)?;
     let plan = super::MountPlan::new(order.tmp_mb, cstr(&order.code)?, None);
     super::mount_box(&plan).map_err(|e| format!("mounting the box: {e}"))?;
     sendmsg::<()>(
         runtime.as_raw_fd(),
-        &[std::io::IoSlice::new(&buf[..len])],
+        &[std::io::IoSlice::new(&message)],
         &[ControlMessage::ScmRights(&[output])],
         MsgFlags::MSG_NOSIGNAL,
         None,
@@ -272,13 +271,12 @@ fn await_order(args: &[String]) -> Result<Never, String> {
 /// output, limits and mounts, then the runtime as pid 2 (as [`pid_one`]).
 fn pid_one_awaiting(sock: std::os::fd::OwnedFd) -> Result<Never, String> {
     pid_one_prelude()?;
-    let (_, _, order, output) = take_order(sock)?;
+    let (_, order, output) = take_order(sock)?;
     // SAFETY: stdout and stderr hold it now.
     unsafe { nix::libc::close(output) };
     use nix::sys::resource::{Resource, setrlimit};
     setrlimit(Resource::RLIMIT_AS, order.as_limit, order.as_limit)
         .map_err(|e| format!("RLIMIT_AS: {e}"))?;
-    let cstr = |a: &str| CString::new(a.as_bytes()).map_err(|_| format!("NUL in {a:?}"));
     let argv: Vec<CString> = std::iter::once(&order.program)
         .chain(&order.args)
         .map(|a| cstr(a))
@@ -297,12 +295,15 @@ fn pid_one_awaiting(sock: std::os::fd::OwnedFd) -> Result<Never, String> {
     start_runtime(order.uid, None, &argv, Some(&envp))
 }
 
-/// The order off the worker's socket (which it closes): the raw message, its
-/// length, the order, and the output pipe it carried, already made this process's
-/// stdout and stderr. Exits (0) if the worker closed the box unused.
-fn take_order(
-    sock: std::os::fd::OwnedFd,
-) -> Result<(Vec<u8>, usize, Order, std::os::fd::RawFd), String> {
+/// `a` as a C string for exec and mount (an argument with a NUL is refused).
+fn cstr(a: &str) -> Result<CString, String> {
+    CString::new(a.as_bytes()).map_err(|_| format!("NUL in {a:?}"))
+}
+
+/// The order off the worker's socket (which it closes): the raw message, the
+/// order, and the output pipe it carried, already made this process's stdout and
+/// stderr. Exits (0) if the worker closed the box unused.
+fn take_order(sock: std::os::fd::OwnedFd) -> Result<(Vec<u8>, Order, std::os::fd::RawFd), String> {
     use std::io::IoSliceMut;
     use std::os::fd::AsRawFd;
 
@@ -345,7 +346,8 @@ fn take_order(
             return Err(format!("dup2: {}", std::io::Error::last_os_error()));
         }
     }
-    Ok((buf, len, order, output))
+    buf.truncate(len);
+    Ok((buf, order, output))
 }
 
 /// Returns when `sock` has something to read; exits (125) if `pid1` ends first.
@@ -399,7 +401,6 @@ fn start_preloaded(
     use std::os::fd::AsRawFd;
 
     use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
-    let cstr = |a: &str| CString::new(a.as_bytes()).map_err(|_| format!("NUL in {a:?}"));
     super::bind_read_only(&cstr(runtime_dir)?, c"/var/runtime")
         .map_err(|e| format!("mounting the runtime: {e}"))?;
     let (ours, theirs) = socketpair(

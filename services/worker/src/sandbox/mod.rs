@@ -534,7 +534,8 @@ impl Sandbox for ProcessSandbox {
             && spec.runtime_api_socket.is_none()
         {
             // Not refilled here: making a box takes CPU this start needs. The
-            // worker calls `prepare_boxes` once the instance is up.
+            // worker calls `prepare_boxes` once the start's first reply is out (or
+            // after a bound, if that takes long).
             if let Some(ready) = pool.take(spec) {
                 match ready.start(spec, uid, &output, &self.cfg) {
                     Ok(boxed) => return Ok(boxed),
