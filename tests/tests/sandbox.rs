@@ -627,9 +627,12 @@ async fn boxes_made_ahead_and_their_instances_outlive_an_idle_spell() {
     }
 }
 
-/// A runtime that cannot start ahead (here a Python that refuses `--await-order`)
-/// costs no invocation: boxes that died waiting are dropped, its functions get
-/// plain boxes, and after a few such deaths the worker stops preloading.
+/// A runtime that cannot start ahead (here a Python that refuses `--await-order`,
+/// a moment after it started: a box taken then is still alive) costs no
+/// invocation: a preloaded box is handed a function only once its runtime says it
+/// waits for one; boxes that died or did not say so in time are dropped, its
+/// functions get plain boxes, and after a few such deaths the worker stops
+/// preloading.
 #[tokio::test]
 async fn a_runtime_that_cannot_start_ahead_gets_plain_boxes() {
     let _serial = SERIAL.lock().await;
@@ -640,7 +643,7 @@ async fn a_runtime_that_cannot_start_ahead_gets_plain_boxes() {
     let wrapper = dir.join("python3");
     std::fs::write(
         &wrapper,
-        "#!/bin/sh\nfor a in \"$@\"; do [ \"$a\" = --await-order ] && exit 3; done\nexec /usr/bin/python3 \"$@\"\n",
+        "#!/bin/sh\nfor a in \"$@\"; do [ \"$a\" = --await-order ] && { sleep 0.4; exit 3; }; done\nexec /usr/bin/python3 \"$@\"\n",
     )
     .unwrap();
     std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();

@@ -170,6 +170,7 @@ def _await_order(fd):
     import resource
     libc = ctypes.CDLL(None, use_errno=True)
     sock = socket.socket(fileno=fd)
+    sock.send(b"ready")  # the init passes it on: the box may now be handed a function
     msg, fds, _, _ = socket.recv_fds(sock, 256 * 1024, 1)
     sock.close()
     if not msg:

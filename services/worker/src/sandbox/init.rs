@@ -231,8 +231,8 @@ fn await_order(args: &[String]) -> Result<Never, String> {
     // runtime could not start), the box ends too, so the worker sees it dead
     // instead of handing it a function. (A poll on a pidfd: after
     // `unshare(CLONE_NEWPID)` this process cannot start threads.)
-    if let Some((pid1, _)) = &preloaded {
-        wait_for_order_or_exit(sock.as_raw_fd(), *pid1)?;
+    if let Some((pid1, runtime)) = &preloaded {
+        wait_for_order_or_exit(sock.as_raw_fd(), runtime.as_raw_fd(), *pid1)?;
     }
     let Some((pid1, runtime)) = preloaded else {
         // A plain box: pid 1 is made now, with its /proc, and takes the order
@@ -350,41 +350,71 @@ fn take_order(sock: std::os::fd::OwnedFd) -> Result<(Vec<u8>, Order, std::os::fd
     Ok((buf, order, output))
 }
 
+/// The message a preloaded runtime sends its init once it waits for its order, and
+/// the init passes on to the worker: only then is the box handed a function (a
+/// runtime that cannot start ahead dies instead, and its box with it).
+pub const RUNTIME_READY: &[u8] = b"ready";
+
 /// Returns when `sock` has something to read; exits (125) if `pid1` ends first.
-fn wait_for_order_or_exit(sock: i32, pid1: Pid) -> Result<(), String> {
+/// Meanwhile passes the runtime's [`RUNTIME_READY`] on `runtime` on to the worker.
+fn wait_for_order_or_exit(sock: i32, runtime: i32, pid1: Pid) -> Result<(), String> {
     use nix::libc;
     // SAFETY: plain system calls on descriptors we own.
     unsafe {
         let pidfd = libc::syscall(libc::SYS_pidfd_open, pid1.as_raw(), 0) as i32;
-        if pidfd < 0 {
-            return Ok(()); // no pidfd (old kernel): the worker notices at the order
-        }
         let mut fds = [
             libc::pollfd {
                 fd: sock,
                 events: libc::POLLIN,
                 revents: 0,
             },
+            // No pidfd (old kernel): a negative fd is ignored; the worker notices
+            // a dead runtime when it sees no readiness.
             libc::pollfd {
                 fd: pidfd,
                 events: libc::POLLIN,
                 revents: 0,
             },
+            libc::pollfd {
+                fd: runtime,
+                events: libc::POLLIN,
+                revents: 0,
+            },
         ];
         loop {
-            if libc::poll(fds.as_mut_ptr(), 2, -1) < 0 {
+            if libc::poll(fds.as_mut_ptr(), 3, -1) < 0 {
                 let e = std::io::Error::last_os_error();
                 if e.kind() == std::io::ErrorKind::Interrupted {
                     continue;
                 }
                 return Err(format!("poll: {e}"));
             }
-            if fds[0].revents != 0 {
-                libc::close(pidfd);
-                return Ok(());
-            }
             if fds[1].revents != 0 {
                 std::process::exit(125);
+            }
+            if fds[2].revents != 0 {
+                let mut buf = [0u8; 16];
+                let n = libc::recv(
+                    runtime,
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    libc::MSG_DONTWAIT,
+                );
+                if n > 0 && &buf[..n as usize] == RUNTIME_READY {
+                    libc::send(
+                        sock,
+                        RUNTIME_READY.as_ptr().cast(),
+                        RUNTIME_READY.len(),
+                        libc::MSG_NOSIGNAL,
+                    );
+                }
+                fds[2].fd = -1; // one message; an end of stream means pid 1 is ending
+            }
+            if fds[0].revents != 0 {
+                if pidfd >= 0 {
+                    libc::close(pidfd);
+                }
+                return Ok(());
             }
         }
     }

@@ -35,6 +35,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use nix::mount::MsFlags;
 use nix::sys::signal::{Signal, killpg};
@@ -729,9 +730,16 @@ struct BoxPool {
     preload_used: AtomicBool,
 }
 
+/// How long a cold start waits for a preloaded box's runtime to be ready (a Python
+/// box takes ~20 ms to start; the box is the oldest one ready).
+const RUNTIME_READY_WAIT: Duration = Duration::from_millis(250);
+
 /// A box whose init waits for its [`init::Order`].
 struct ReadyBox {
     preloaded: bool,
+    /// Its runtime said it waits for its order ([`init::RUNTIME_READY`]); a plain
+    /// box's runtime starts with the order.
+    runtime_ready: bool,
     child: tokio::process::Child,
     handle: Arc<SandboxHandle>,
     control: OwnedFd,
@@ -751,8 +759,8 @@ impl BoxPool {
         ready.retain_mut(|b| match b.child.try_wait() {
             Ok(None) => true,
             _ => {
-                if b.preloaded && self.preload_deaths.fetch_add(1, Ordering::SeqCst) + 1 == PRELOAD_DEATHS {
-                    tracing::warn!("boxes with the runtime started ahead die before use (the runtime exits before its order); making plain boxes only");
+                if b.preloaded {
+                    self.count_preload_death();
                 }
                 false
             }
@@ -764,16 +772,35 @@ impl BoxPool {
         };
         for &preloaded in kinds {
             // The oldest: a box just made may still be starting its runtime (a
-            // Python box needs ~20 ms before it can take its order), and taking the
-            // newest made every other cold start of a quick series wait for that.
-            if let Some(i) = ready.iter().position(|b| b.preloaded == preloaded) {
-                if preloaded {
-                    self.preload_used.store(true, Ordering::SeqCst);
+            // Python box needs ~20 ms before it can take its order).
+            let Some(i) = ready.iter().position(|b| b.preloaded == preloaded) else {
+                continue;
+            };
+            if preloaded {
+                // Handed a function only once its runtime waits for it: a runtime
+                // that cannot start ahead may still be alive here, about to die
+                // with the function's first call. One not ready in time is dropped
+                // and counts as a death.
+                if !ready[i].runtime_ready(RUNTIME_READY_WAIT) {
+                    let dead = ready.remove(i);
+                    drop(ready);
+                    self.count_preload_death();
+                    drop(dead);
+                    return self.take(spec);
                 }
-                return Some(ready.remove(i));
+                self.preload_used.store(true, Ordering::SeqCst);
             }
+            return Some(ready.remove(i));
         }
         None
+    }
+
+    fn count_preload_death(&self) {
+        if self.preload_deaths.fetch_add(1, Ordering::SeqCst) + 1 == PRELOAD_DEATHS {
+            tracing::warn!(
+                "boxes with the runtime started ahead die before use (the runtime exits before its order); making plain boxes only"
+            );
+        }
     }
 
     fn preload_works(&self) -> bool {
@@ -946,6 +973,7 @@ impl BoxPool {
         drop(theirs);
         Ok(ReadyBox {
             preloaded,
+            runtime_ready: !preloaded,
             handle: Arc::new(SandboxHandle {
                 pid: child.id().unwrap_or_default(),
                 pid_ns: true,
@@ -958,6 +986,45 @@ impl BoxPool {
 }
 
 impl ReadyBox {
+    /// Whether its runtime is ready for an order, waiting up to `wait` for it to say
+    /// so (not at all if it said so before).
+    fn runtime_ready(&mut self, wait: Duration) -> bool {
+        use nix::libc;
+        if self.runtime_ready {
+            return true;
+        }
+        let mut pfd = libc::pollfd {
+            fd: self.control.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let until = std::time::Instant::now() + wait;
+        loop {
+            let left = until.saturating_duration_since(std::time::Instant::now());
+            // SAFETY: poll and recv on our own descriptor.
+            let n = unsafe { libc::poll(&mut pfd, 1, left.as_millis() as i32) };
+            if n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            if n <= 0 {
+                return false; // not in time
+            }
+            let mut buf = [0u8; 16];
+            // SAFETY: as above.
+            let got = unsafe {
+                libc::recv(
+                    self.control.as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            // Anything else, or the end of the stream: the box is dying.
+            self.runtime_ready = got > 0 && &buf[..got as usize] == init::RUNTIME_READY;
+            return self.runtime_ready;
+        }
+    }
+
     /// Gives the box its function: limits, then the order with the output pipe.
     fn start(
         self,
