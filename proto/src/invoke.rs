@@ -92,6 +92,12 @@ pub struct Dispatch {
     /// the scheduler's).
     #[serde(default)]
     pub warm_only: bool,
+    /// The sender tells an ack from the result by their subjects (`reply_to` is not
+    /// the request's reply subject): the worker may skip the ack of an accepted
+    /// dispatch whose result is ready within [`ACK_DEFER_MS`](crate::worker::ACK_DEFER_MS),
+    /// and sends only the result. Older workers ignore it and always ack.
+    #[serde(default)]
+    pub ack_optional: bool,
 }
 versioned!(Dispatch);
 

@@ -8,6 +8,12 @@ use crate::codec::{current_version, versioned};
 pub const HEARTBEAT_INTERVAL_MS: u64 = 1000;
 /// A worker not heard from for this long is out of placement.
 pub const WORKER_EXPIRY_MS: u64 = 3000;
+/// How long a worker may hold back the ack of a dispatch marked `ack_optional`: a
+/// result ready by then is sent alone (one message fewer on a warm call's path).
+/// A worker that dies within it leaves its caller without an ack, as one that died
+/// before acking: the caller places the call again, so a call cut short by a crash
+/// in its first milliseconds may run twice (as a client's retry would run it).
+pub const ACK_DEFER_MS: u64 = 20;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Heartbeat {

@@ -41,6 +41,7 @@ fn dispatch_round_trips() {
         reply_to: "_INBOX.x".into(),
         attempt: 0,
         warm_only: true,
+        ack_optional: true,
     };
     let bytes = encode(&d);
     let back: Dispatch = decode(&bytes).unwrap();

@@ -182,6 +182,16 @@ async fn a_sync_call_whose_worker_dies(warm_first: bool) {
     if warm_first {
         let r = cluster.invoke("slow", &json!({"id": "warm-up"})).await;
         assert_eq!(r.status, 200, "{}", r.text());
+        // Longer than the worker holds its ack back: the ack, then the result.
+        let r = cluster
+            .invoke("slow", &json!({"id": "acked", "sleep": 0.2}))
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let runs = marks(&mark)
+            .iter()
+            .filter(|l| l.starts_with("start acked"))
+            .count();
+        assert_eq!(runs, 1, "{:?}", marks(&mark));
     }
     let endpoint = cluster.endpoint.clone();
     let http = cluster.http.clone();
@@ -200,6 +210,12 @@ async fn a_sync_call_whose_worker_dies(warm_first: bool) {
         (status, kind, resp.text().await.unwrap())
     });
     let started = wait_mark(&mark, "start doomed").await;
+    // A direct call's worker holds its ack back for a moment (a result ready by
+    // then goes alone); killed before acking, the call would be placed again.
+    tokio::time::sleep(Duration::from_millis(
+        3 * nimbus_proto::worker::ACK_DEFER_MS,
+    ))
+    .await;
     let victim = worker_of(&started);
     cluster.workers[victim - 1].kill();
     // Without the scheduler noticing, the caller would wait 60 + 30 s.
@@ -219,6 +235,10 @@ async fn a_sync_call_whose_worker_dies(warm_first: bool) {
         let metrics = cluster.gateway_metrics().await;
         assert!(
             metrics.contains("nimbus_gateway_direct_dispatches_total{result=\"worker_lost\"} 1"),
+            "{metrics}"
+        );
+        assert!(
+            metrics.contains("nimbus_gateway_direct_dispatches_total{result=\"ran\"} 1"),
             "{metrics}"
         );
     }

@@ -16,8 +16,8 @@
 //! scheduler does for the calls it placed.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -25,6 +25,7 @@ use nimbus_proto::{
     AckResult, Dispatch, DispatchAck, FunctionConfig, Heartbeat, InvocationType, InvokeReply,
     WIRE_VERSION, WireError, decode, encode,
 };
+use tokio::sync::mpsc;
 
 use crate::AppState;
 use crate::error::ApiError;
@@ -125,6 +126,100 @@ pub enum Direct {
     Unreachable,
 }
 
+/// Where the acks and results of this gateway's direct calls come: one subscription
+/// (`<inbox>.>`) for all of them, each call under a number of its own — the ack to
+/// `<inbox>.a.<n>`, the result to `<inbox>.r.<n>`. A subscription per call cost two
+/// more protocol messages per call (SUB, UNSUB) and a change to nats-server's
+/// subscription list each time; the two subjects let a worker skip the ack of a
+/// call whose result is ready at once (`Dispatch::ack_optional`).
+pub struct Replies {
+    inbox: String,
+    next: AtomicU64,
+    waiting: Mutex<HashMap<u64, mpsc::Sender<(Leg, async_nats::Message)>>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Leg {
+    Ack,
+    Result,
+}
+
+impl Replies {
+    /// Subscribes under a new inbox of `nats` and routes what comes until the
+    /// subscription ends.
+    pub async fn start(nats: &async_nats::Client) -> Result<Arc<Self>, async_nats::SubscribeError> {
+        let inbox = nats.new_inbox();
+        let mut sub = nats.subscribe(format!("{inbox}.>")).await?;
+        let replies = Arc::new(Self {
+            inbox,
+            next: AtomicU64::new(1),
+            waiting: Mutex::default(),
+        });
+        let routes = replies.clone();
+        tokio::spawn(async move {
+            while let Some(msg) = sub.next().await {
+                routes.route(msg);
+            }
+        });
+        Ok(replies)
+    }
+
+    fn route(&self, msg: async_nats::Message) {
+        let Some(rest) = msg.subject.strip_prefix(self.inbox.as_str()) else {
+            return;
+        };
+        let (leg, n) = match rest.split_at_checked(3) {
+            Some((".a.", n)) => (Leg::Ack, n),
+            Some((".r.", n)) => (Leg::Result, n),
+            _ => return,
+        };
+        let Ok(n) = n.parse::<u64>() else { return };
+        let waiting = self.waiting.lock().expect("lock poisoned");
+        if let Some(tx) = waiting.get(&n) {
+            // Two messages at most are expected; more are a worker's mistake.
+            let _ = tx.try_send((leg, msg));
+        }
+    }
+
+    fn call(&self) -> Call<'_> {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel(2);
+        self.waiting.lock().expect("lock poisoned").insert(n, tx);
+        Call {
+            replies: self,
+            n,
+            rx,
+        }
+    }
+}
+
+/// One direct call's place in [`Replies`], given back when dropped.
+struct Call<'a> {
+    replies: &'a Replies,
+    n: u64,
+    rx: mpsc::Receiver<(Leg, async_nats::Message)>,
+}
+
+impl Call<'_> {
+    fn subject(&self, leg: Leg) -> String {
+        let tag = match leg {
+            Leg::Ack => 'a',
+            Leg::Result => 'r',
+        };
+        format!("{}.{tag}.{}", self.replies.inbox, self.n)
+    }
+}
+
+impl Drop for Call<'_> {
+    fn drop(&mut self) {
+        self.replies
+            .waiting
+            .lock()
+            .expect("lock poisoned")
+            .remove(&self.n);
+    }
+}
+
 /// Sends `cfg`'s invocation to `worker` as a `warm_only` dispatch and waits for the
 /// result; fails the call if the worker's heartbeats stop meanwhile.
 #[allow(clippy::too_many_arguments)]
@@ -142,15 +237,10 @@ pub async fn invoke(
         .subjects
         .worker_invoke(worker)
         .map_err(|e| ApiError::Service(e.to_string()))?;
-    // The result comes to an inbox of this call; the request's own answer is the
-    // worker's ack. Without the ack a call sent to a worker that had just died (its
+    // The worker acks (or refuses) first, or sends the result alone when it is ready
+    // at once. Without the ack a call sent to a worker that had just died (its
     // subscription not yet gone from the server) could not be told from one running.
-    let inbox = state.nats.new_inbox();
-    let mut results = state
-        .nats
-        .subscribe(inbox.clone())
-        .await
-        .map_err(|e| ApiError::Service(format!("invocation failed: {e}")))?;
+    let mut call = state.replies.call();
     let d = Dispatch {
         v: WIRE_VERSION,
         request_id: request_id.to_string(),
@@ -159,62 +249,85 @@ pub async fn invoke(
         payload,
         log_tail,
         invocation_type: InvocationType::RequestResponse,
-        reply_to: inbox.to_string(),
+        reply_to: call.subject(Leg::Result),
         attempt: 0,
         warm_only: true,
+        ack_optional: true,
     };
-    let request = async_nats::Request::new()
-        .payload(encode(&d))
-        .timeout(Some(ACK_TIMEOUT));
-    match state.nats.send_request(subject, request).await {
-        Ok(msg) => match decode::<DispatchAck>(&msg.payload) {
-            Ok(DispatchAck {
-                result: AckResult::Accepted,
-                ..
-            }) => {}
-            Ok(DispatchAck {
-                result: AckResult::Refused { .. },
-                ..
-            }) => {
-                count("refused");
-                return Ok(Direct::Refused);
-            }
-            Err(e) => {
-                tracing::warn!(worker_id = %worker, error = %e, "undecodable dispatch ack");
-                count("refused");
-                return Ok(Direct::Refused);
-            }
-        },
-        // Gone, or silent: the call goes through a scheduler, as a scheduler moves
-        // on to another worker in the same case.
-        Err(e) => {
-            tracing::debug!(worker_id = %worker, error = %e, "direct dispatch unanswered");
+    if let Err(e) = state
+        .nats
+        .publish_with_reply(subject, call.subject(Leg::Ack), encode(&d))
+        .await
+    {
+        count("failed");
+        return Err(ApiError::Service(format!("invocation failed: {e}")));
+    }
+    let first = match tokio::time::timeout(ACK_TIMEOUT, call.rx.recv()).await {
+        Ok(Some(first)) => first,
+        // Silent: the call goes through a scheduler, as a scheduler moves on to
+        // another worker in the same case.
+        Ok(None) | Err(_) => {
+            tracing::debug!(worker_id = %worker, "direct dispatch unanswered");
             count("unreachable");
             return Ok(Direct::Unreachable);
         }
-    }
-    let outcome = tokio::select! {
-        r = tokio::time::timeout(timeout, results.next()) => r,
-        () = stopped(state, worker) => {
-            tracing::warn!(%request_id, worker_id = %worker, "worker vanished mid-invocation; failing the call");
-            count("worker_lost");
-            return Err(ApiError::from_wire(WireError::worker_lost(worker)));
-        }
     };
-    let msg = match outcome {
-        Ok(Some(msg)) => msg,
-        Ok(None) => {
-            count("failed");
-            return Err(ApiError::Service(
-                "invocation failed: the reply subscription closed".into(),
-            ));
-        }
-        Err(_) => {
-            count("timed_out");
-            return Err(ApiError::Service(format!(
-                "The invocation {request_id} did not complete within {} s (its worker may have stopped)",
-                timeout.as_secs()
-            )));
+    let msg = match first {
+        (Leg::Result, msg) => msg,
+        (Leg::Ack, msg) => {
+            if msg.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
+                tracing::debug!(worker_id = %worker, "direct dispatch: no responders");
+                count("unreachable");
+                return Ok(Direct::Unreachable);
+            }
+            match decode::<DispatchAck>(&msg.payload) {
+                Ok(DispatchAck {
+                    result: AckResult::Accepted,
+                    ..
+                }) => {}
+                Ok(DispatchAck {
+                    result: AckResult::Refused { .. },
+                    ..
+                }) => {
+                    count("refused");
+                    return Ok(Direct::Refused);
+                }
+                Err(e) => {
+                    tracing::warn!(worker_id = %worker, error = %e, "undecodable dispatch ack");
+                    count("refused");
+                    return Ok(Direct::Refused);
+                }
+            }
+            let outcome = tokio::select! {
+                r = tokio::time::timeout(timeout, call.rx.recv()) => r,
+                () = stopped(state, worker) => {
+                    tracing::warn!(%request_id, worker_id = %worker, "worker vanished mid-invocation; failing the call");
+                    count("worker_lost");
+                    return Err(ApiError::from_wire(WireError::worker_lost(worker)));
+                }
+            };
+            match outcome {
+                Ok(Some((Leg::Result, msg))) => msg,
+                Ok(Some((Leg::Ack, _))) => {
+                    count("failed");
+                    return Err(ApiError::Service(
+                        "invocation failed: the worker acked the call twice".into(),
+                    ));
+                }
+                Ok(None) => {
+                    count("failed");
+                    return Err(ApiError::Service(
+                        "invocation failed: the reply subscription closed".into(),
+                    ));
+                }
+                Err(_) => {
+                    count("timed_out");
+                    return Err(ApiError::Service(format!(
+                        "The invocation {request_id} did not complete within {} s (its worker may have stopped)",
+                        timeout.as_secs()
+                    )));
+                }
+            }
         }
     };
     let reply = decode(&msg.payload).map_err(|e| {

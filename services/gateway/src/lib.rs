@@ -62,6 +62,8 @@ pub struct AppState {
     /// Workers that ran each function's current revision: warm calls go to them.
     pub warm: direct::WarmRoutes,
     pub direct_dispatch: bool,
+    /// The acks and results of direct calls.
+    pub replies: Arc<direct::Replies>,
 }
 
 impl AppState {
@@ -121,6 +123,7 @@ pub async fn run(
         workers: Default::default(),
         warm: Default::default(),
         direct_dispatch: cfg.direct_dispatch,
+        replies: direct::Replies::start(&nats).await?,
     });
     // Worker heartbeats: for the cluster status call, the liveness of workers called
     // directly, and their idle instances as routes for warm calls.

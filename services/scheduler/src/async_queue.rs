@@ -255,6 +255,7 @@ impl AsyncQueue {
             reply_to: inbox,
             attempt: inv.attempt,
             warm_only: false,
+            ack_optional: false,
         };
         let worker = match placement.dispatch(&d).await {
             Ok(w) => w,

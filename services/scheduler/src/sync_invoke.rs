@@ -102,6 +102,7 @@ pub async fn run(
                     reply_to: reply_to.to_string(),
                     attempt: 0,
                     warm_only: false,
+                    ack_optional: false,
                 };
                 let worker = placement.dispatch(&d).await?;
                 let deadline = std::time::Instant::now()

@@ -47,6 +47,9 @@ const NODE_BOOTSTRAP: &str = include_str!("runtimes/node_bootstrap.mjs");
 /// Bytes of log returned with `X-Amz-Log-Type: Tail`.
 const LOG_TAIL_BYTES: usize = 4096;
 
+/// How long the ack of an `ack_optional` dispatch waits for its result.
+const ACK_DEFER: Duration = Duration::from_millis(nimbus_proto::worker::ACK_DEFER_MS);
+
 /// The longest a cold start's box is left unreplaced while the start and its first
 /// call run.
 const REFILL_AFTER: std::time::Duration = std::time::Duration::from_millis(50);
@@ -288,14 +291,34 @@ impl Worker {
         } else {
             None
         };
-        self.ack(ack_to, AckResult::Accepted).await;
+        // The ack may wait for the result, which then goes alone (see `ACK_DEFER`).
+        let deferred_ack = if dispatch.ack_optional {
+            Some(ack_to)
+        } else {
+            self.ack(ack_to, AckResult::Accepted).await;
+            None
+        };
         let w = self.clone();
         tracker.spawn(async move {
             let reply_to = dispatch.reply_to.clone();
             let event = (dispatch.invocation_type == nimbus_proto::InvocationType::Event)
                 .then(|| nimbus_proto::completion_key(&dispatch.request_id, dispatch.attempt));
             let started = std::time::Instant::now();
-            let (mut reply, log) = w.execute(dispatch, warm).await;
+            let run = w.execute(dispatch, warm);
+            let (mut reply, log) = match deferred_ack {
+                None => run.await,
+                Some(ack_to) => {
+                    tokio::pin!(run);
+                    tokio::select! {
+                        biased;
+                        done = &mut run => done,
+                        () = tokio::time::sleep(ACK_DEFER) => {
+                            w.ack(ack_to, AckResult::Accepted).await;
+                            run.await
+                        }
+                    }
+                }
+            };
             reply.worker_id.clone_from(&w.cfg.worker_id);
             w.busy.fetch_sub(1, Ordering::SeqCst);
             let outcome = match &reply.outcome {
