@@ -55,6 +55,10 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
+    nimbus_common::on_runtime_threads(service_main()).await
+}
+
+async fn service_main() -> std::process::ExitCode {
     nimbus_common::telemetry::init();
     match main_exec().await {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -87,7 +87,7 @@ fn main() -> std::process::ExitCode {
         .enable_all()
         .build()
     {
-        Ok(rt) => rt.block_on(async_main()),
+        Ok(rt) => rt.block_on(nimbus_common::on_runtime_threads(async_main())),
         Err(e) => {
             eprintln!("nimbus-worker: cannot start the async runtime: {e}");
             std::process::ExitCode::FAILURE
