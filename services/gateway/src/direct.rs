@@ -274,60 +274,11 @@ pub async fn invoke(
     };
     let msg = match first {
         (Leg::Result, msg) => msg,
-        (Leg::Ack, msg) => {
-            if msg.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
-                tracing::debug!(worker_id = %worker, "direct dispatch: no responders");
-                count("unreachable");
-                return Ok(Direct::Unreachable);
+        (Leg::Ack, ack) => {
+            if let Some(not_taken) = not_taken(worker, &ack) {
+                return Ok(not_taken);
             }
-            match decode::<DispatchAck>(&msg.payload) {
-                Ok(DispatchAck {
-                    result: AckResult::Accepted,
-                    ..
-                }) => {}
-                Ok(DispatchAck {
-                    result: AckResult::Refused { .. },
-                    ..
-                }) => {
-                    count("refused");
-                    return Ok(Direct::Refused);
-                }
-                Err(e) => {
-                    tracing::warn!(worker_id = %worker, error = %e, "undecodable dispatch ack");
-                    count("refused");
-                    return Ok(Direct::Refused);
-                }
-            }
-            let outcome = tokio::select! {
-                r = tokio::time::timeout(timeout, call.rx.recv()) => r,
-                () = stopped(state, worker) => {
-                    tracing::warn!(%request_id, worker_id = %worker, "worker vanished mid-invocation; failing the call");
-                    count("worker_lost");
-                    return Err(ApiError::from_wire(WireError::worker_lost(worker)));
-                }
-            };
-            match outcome {
-                Ok(Some((Leg::Result, msg))) => msg,
-                Ok(Some((Leg::Ack, _))) => {
-                    count("failed");
-                    return Err(ApiError::Service(
-                        "invocation failed: the worker acked the call twice".into(),
-                    ));
-                }
-                Ok(None) => {
-                    count("failed");
-                    return Err(ApiError::Service(
-                        "invocation failed: the reply subscription closed".into(),
-                    ));
-                }
-                Err(_) => {
-                    count("timed_out");
-                    return Err(ApiError::Service(format!(
-                        "The invocation {request_id} did not complete within {} s (its worker may have stopped)",
-                        timeout.as_secs()
-                    )));
-                }
-            }
+            result_after_ack(state, worker, request_id, &mut call, timeout).await?
         }
     };
     let reply = decode(&msg.payload).map_err(|e| {
@@ -336,6 +287,75 @@ pub async fn invoke(
     })?;
     count("ran");
     Ok(Direct::Ran(reply))
+}
+
+/// What an ack says when the worker did not take the call: nobody listens on its
+/// subject, it refused, or the ack is unreadable (taken as a refusal).
+fn not_taken(worker: &str, ack: &async_nats::Message) -> Option<Direct> {
+    if ack.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
+        tracing::debug!(worker_id = %worker, "direct dispatch: no responders");
+        count("unreachable");
+        return Some(Direct::Unreachable);
+    }
+    match decode::<DispatchAck>(&ack.payload) {
+        Ok(DispatchAck {
+            result: AckResult::Accepted,
+            ..
+        }) => None,
+        Ok(DispatchAck {
+            result: AckResult::Refused { .. },
+            ..
+        }) => {
+            count("refused");
+            Some(Direct::Refused)
+        }
+        Err(e) => {
+            tracing::warn!(worker_id = %worker, error = %e, "undecodable dispatch ack");
+            count("refused");
+            Some(Direct::Refused)
+        }
+    }
+}
+
+/// The result of a call `worker` acked: within `timeout`, and while the worker is
+/// heard from.
+async fn result_after_ack(
+    state: &AppState,
+    worker: &str,
+    request_id: &str,
+    call: &mut Call<'_>,
+    timeout: Duration,
+) -> Result<async_nats::Message, ApiError> {
+    let outcome = tokio::select! {
+        r = tokio::time::timeout(timeout, call.rx.recv()) => r,
+        () = stopped(state, worker) => {
+            tracing::warn!(%request_id, worker_id = %worker, "worker vanished mid-invocation; failing the call");
+            count("worker_lost");
+            return Err(ApiError::from_wire(WireError::worker_lost(worker)));
+        }
+    };
+    match outcome {
+        Ok(Some((Leg::Result, msg))) => Ok(msg),
+        Ok(Some((Leg::Ack, _))) => {
+            count("failed");
+            Err(ApiError::Service(
+                "invocation failed: the worker acked the call twice".into(),
+            ))
+        }
+        Ok(None) => {
+            count("failed");
+            Err(ApiError::Service(
+                "invocation failed: the reply subscription closed".into(),
+            ))
+        }
+        Err(_) => {
+            count("timed_out");
+            Err(ApiError::Service(format!(
+                "The invocation {request_id} did not complete within {} s (its worker may have stopped)",
+                timeout.as_secs()
+            )))
+        }
+    }
 }
 
 fn count(result: &'static str) {

@@ -355,6 +355,22 @@ fn take_order(sock: std::os::fd::OwnedFd) -> Result<(Vec<u8>, Order, std::os::fd
 /// runtime that cannot start ahead dies instead, and its box with it).
 pub const RUNTIME_READY: &[u8] = b"ready";
 
+/// Takes one message off `fd` without waiting: whether it was [`RUNTIME_READY`]
+/// (anything else, nothing, or the end of the stream: it was not).
+pub fn take_ready(fd: i32) -> bool {
+    let mut buf = [0u8; 16];
+    // SAFETY: recv into our own buffer.
+    let n = unsafe {
+        nix::libc::recv(
+            fd,
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            nix::libc::MSG_DONTWAIT,
+        )
+    };
+    n > 0 && &buf[..n as usize] == RUNTIME_READY
+}
+
 /// Returns when `sock` has something to read; exits (125) if `pid1` ends first.
 /// Meanwhile passes the runtime's [`RUNTIME_READY`] on `runtime` on to the worker.
 fn wait_for_order_or_exit(sock: i32, runtime: i32, pid1: Pid) -> Result<(), String> {
@@ -393,14 +409,7 @@ fn wait_for_order_or_exit(sock: i32, runtime: i32, pid1: Pid) -> Result<(), Stri
                 std::process::exit(125);
             }
             if fds[2].revents != 0 {
-                let mut buf = [0u8; 16];
-                let n = libc::recv(
-                    runtime,
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                    libc::MSG_DONTWAIT,
-                );
-                if n > 0 && &buf[..n as usize] == RUNTIME_READY {
+                if take_ready(runtime) {
                     libc::send(
                         sock,
                         RUNTIME_READY.as_ptr().cast(),

@@ -1001,7 +1001,7 @@ impl ReadyBox {
         let until = std::time::Instant::now() + wait;
         loop {
             let left = until.saturating_duration_since(std::time::Instant::now());
-            // SAFETY: poll and recv on our own descriptor.
+            // SAFETY: poll on our own descriptor.
             let n = unsafe { libc::poll(&mut pfd, 1, left.as_millis() as i32) };
             if n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
                 continue;
@@ -1009,18 +1009,8 @@ impl ReadyBox {
             if n <= 0 {
                 return false; // not in time
             }
-            let mut buf = [0u8; 16];
-            // SAFETY: as above.
-            let got = unsafe {
-                libc::recv(
-                    self.control.as_raw_fd(),
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                    libc::MSG_DONTWAIT,
-                )
-            };
             // Anything else, or the end of the stream: the box is dying.
-            self.runtime_ready = got > 0 && &buf[..got as usize] == init::RUNTIME_READY;
+            self.runtime_ready = init::take_ready(self.control.as_raw_fd());
             return self.runtime_ready;
         }
     }
