@@ -148,6 +148,12 @@ pub async fn run(
     let app = http::router(state);
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "gateway listening");
+    // No Nagle: a write made while an earlier one is unacknowledged (a body sent in
+    // parts, a client pipelining its requests) would wait for the client's delayed
+    // ACK, up to 40 ms.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(
         listener,
         app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
