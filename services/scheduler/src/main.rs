@@ -38,9 +38,8 @@ struct Args {
     check_config: bool,
 }
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
-    nimbus_common::on_runtime_threads(service_main()).await
+fn main() -> std::process::ExitCode {
+    nimbus_common::run_service("nimbus-scheduler", service_main())
 }
 
 async fn service_main() -> std::process::ExitCode {

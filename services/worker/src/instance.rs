@@ -271,6 +271,10 @@ impl Instance {
             runtime_api_socket: api_socket,
         };
         let started = Instant::now();
+        // On the runtime's thread, not `block_in_place`: a thread that leaves the
+        // runtime's workers that way may later idle out of tokio's blocking pool,
+        // and every process forked on it (here, when no box made ahead is taken)
+        // would get its `PDEATHSIG` then (see `sandbox::BoxPool::maker`).
         let Sandboxed {
             mut child,
             handle: boxed,

@@ -83,16 +83,7 @@ fn main() -> std::process::ExitCode {
         let args: Vec<String> = std::env::args().skip(2).collect();
         nimbus_worker::sandbox::init::run(&args);
     }
-    match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt.block_on(nimbus_common::on_runtime_threads(async_main())),
-        Err(e) => {
-            eprintln!("nimbus-worker: cannot start the async runtime: {e}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    nimbus_common::run_service("nimbus-worker", async_main())
 }
 
 async fn async_main() -> std::process::ExitCode {
