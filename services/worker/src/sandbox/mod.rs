@@ -89,8 +89,9 @@ pub struct SandboxSpec {
     pub code_dir: PathBuf,
     /// Runtime bootstraps (host path).
     pub runtime_dir: PathBuf,
-    /// The instance's scratch directory (host path), `/tmp` where no mount namespace.
-    pub tmp_dir: PathBuf,
+    /// The instance's scratch directory (host path), its `/tmp` where the box has no
+    /// `/tmp` of its own ([`Sandbox::own_tmp`]); `None` where it has.
+    pub tmp_dir: Option<PathBuf>,
     pub memory_mb: u32,
     /// With a network namespace of its own ([`Sandbox::isolates_network`]): the
     /// worker's Runtime API socket, relayed to [`BOX_RUNTIME_API_PORT`] inside.
@@ -214,8 +215,14 @@ impl Drop for SandboxHandle {
 pub trait Sandbox: Send + Sync + 'static {
     /// Starts `spec` with stdout and stderr both written to `output`.
     fn spawn(&self, spec: &SandboxSpec, output: OwnedFd) -> Result<Sandboxed, SandboxError>;
-    /// Where the code, the runtime and `/tmp` appear to the function.
-    fn paths(&self, code_dir: &Path, runtime_dir: &Path, tmp_dir: &Path) -> BoxPaths;
+    /// Where the code, the runtime and `/tmp` appear to the function (`tmp_dir`: the
+    /// instance's scratch directory, when it has one).
+    fn paths(&self, code_dir: &Path, runtime_dir: &Path, tmp_dir: Option<&Path>) -> BoxPaths;
+    /// Whether the box mounts a `/tmp` of its own (then the instance needs no
+    /// scratch directory on the host).
+    fn own_tmp(&self) -> bool {
+        false
+    }
     /// Each protection: `on …` or `off: why`.
     fn report(&self) -> BTreeMap<String, String>;
     /// Removes what the box set up on the host (at exit, once instances are gone).
@@ -461,7 +468,7 @@ impl MountPlan {
 }
 
 impl Sandbox for ProcessSandbox {
-    fn paths(&self, code_dir: &Path, runtime_dir: &Path, tmp_dir: &Path) -> BoxPaths {
+    fn paths(&self, code_dir: &Path, runtime_dir: &Path, tmp_dir: Option<&Path>) -> BoxPaths {
         if self.mount_ns {
             BoxPaths {
                 task_root: BOX_TASK_ROOT.into(),
@@ -472,9 +479,13 @@ impl Sandbox for ProcessSandbox {
             BoxPaths {
                 task_root: code_dir.to_path_buf(),
                 runtime_dir: runtime_dir.to_path_buf(),
-                tmp: tmp_dir.to_path_buf(),
+                tmp: tmp_dir.map_or_else(|| PathBuf::from("/tmp"), Path::to_path_buf),
             }
         }
+    }
+
+    fn own_tmp(&self) -> bool {
+        self.mount_ns
     }
 
     fn report(&self) -> BTreeMap<String, String> {
@@ -520,15 +531,13 @@ impl Sandbox for ProcessSandbox {
             ),
             None => None,
         };
-        if let Some(uid) = uid {
+        if let Some(uid) = uid
+            && let Some(tmp_dir) = &spec.tmp_dir
+        {
             // The fallback /tmp (no mount namespace) belongs to the function alone.
-            nix::unistd::chown(
-                &spec.tmp_dir,
-                Some(Uid::from_raw(uid)),
-                Some(Gid::from_raw(uid)),
-            )
-            .map_err(|e| SandboxError::Setup(format!("chown scratch: {e}")))?;
-            std::fs::set_permissions(&spec.tmp_dir, std::fs::Permissions::from_mode(0o700))
+            nix::unistd::chown(tmp_dir, Some(Uid::from_raw(uid)), Some(Gid::from_raw(uid)))
+                .map_err(|e| SandboxError::Setup(format!("chown scratch: {e}")))?;
+            std::fs::set_permissions(tmp_dir, std::fs::Permissions::from_mode(0o700))
                 .map_err(|e| SandboxError::Setup(format!("chmod scratch: {e}")))?;
         }
         if let Some(pool) = &self.pool
