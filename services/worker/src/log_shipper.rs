@@ -5,9 +5,8 @@
 //! concurrency 32 more CPU in nats-server and the kernel's writeback than the
 //! gateway's whole share. Records wait here up to [`LINGER`] and leave as one
 //! [`LogBatch`] per function, so under load a sync carries many invocations and at
-//! rest a record leaves within [`LINGER`]. Records are off the caller's path (the
-//! reply has gone, `Tail` logs travel in it), so the wait costs no latency; a
-//! stopping worker publishes what waits, a crashing one loses it.
+//! rest a record leaves within a few milliseconds. Records are off the caller's path
+//! (the reply has gone, `Tail` logs travel in it), so the wait costs no latency.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -17,11 +16,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-/// How long the first record of a batch waits for others. 100 ms, not 10: each
-/// batch is a disk sync in nats-server, and at 10 ms those syncs delayed the calls
-/// they met — alternating pairs, native no-op, c=1 p99 0.76/0.79/0.91 → 0.56/0.54/
-/// 0.80 ms, c=32 7,296/7,779 → 8,023/9,264 req/s, nats-server CPU per call −10–25%.
-pub const LINGER: Duration = Duration::from_millis(100);
+/// How long the first record of a batch waits for others.
+pub const LINGER: Duration = Duration::from_millis(10);
 /// A batch's size beyond which it leaves at once (well under `max_payload`; a lone
 /// record larger than this — up to the 1 MiB of output an invocation keeps — still
 /// leaves alone).
