@@ -75,14 +75,15 @@ async fn deploy_invoke_list_logs_remove() {
 
     // Log records reach the stream in batches, a moment after their call
     // (`log_shipper::LINGER`): the last call's may not be there yet.
-    let started = std::time::Instant::now();
-    let (ok, out, err) = loop {
-        let (ok, out, err) = nimbus_split(&ep, &["logs", "hello"]);
-        if !ok || out.contains("v2 here") || started.elapsed().as_secs() >= 10 {
-            break (ok, out, err);
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
+    let (ok, out, err) = eventually(
+        std::time::Duration::from_secs(10),
+        "the last call's log record",
+        || async {
+            let (ok, out, err) = nimbus_split(&ep, &["logs", "hello"]);
+            (!ok || out.contains("v2 here")).then_some((ok, out, err))
+        },
+    )
+    .await;
     assert!(ok, "{err}");
     assert!(out.contains("hello from hello count 1"), "{out}");
     assert!(out.contains("v2 here"), "{out}");
