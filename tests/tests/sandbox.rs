@@ -108,6 +108,16 @@ async fn functions_cannot_see_each_other_or_the_worker() {
             .contains(&json!("keeper.txt")),
         "a warm instance keeps its own /tmp: {again}"
     );
+    // That /tmp is the box's own: the worker made no scratch directory for the
+    // instance on the host.
+    let scratch: Vec<String> = std::fs::read_dir(cluster.data.path().join("worker-1/instances"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        scratch.iter().all(|n| !n.starts_with("keeper-")),
+        "a scratch directory on the host: {scratch:?}"
+    );
 
     let prober = cluster
         .invoke(
