@@ -540,7 +540,8 @@ impl Cluster {
     }
 
     /// Ready = the gateway answers, a scheduler answers on the invoke subject, and
-    /// every worker has heartbeated since the scheduler subscribed.
+    /// every worker has heartbeated since the scheduler subscribed and is listed by
+    /// the gateway (which places cold starts on the workers it has heard).
     async fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -576,6 +577,16 @@ impl Cluster {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         self.wait_heartbeats(&nc, self.workers.len()).await;
+        let n = self.workers.len();
+        eventually(
+            Duration::from_secs(10),
+            "every worker in the gateway's cluster call",
+            || async {
+                let doc = self.get_json("/nimbus/v1/cluster").await?;
+                (doc["workers"].as_array()?.len() == n).then_some(())
+            },
+        )
+        .await;
     }
 
     /// Waits until `n` distinct workers heartbeat.

@@ -160,21 +160,28 @@ async fn killing_one_of_two_workers_leaves_the_cluster_serving() {
 
 #[tokio::test]
 async fn a_sync_call_whose_worker_dies_fails_fast() {
-    // Its cold start is placed by the scheduler, which notices the worker's silence.
-    a_sync_call_whose_worker_dies(false).await;
+    // Its cold start is placed by the gateway, which notices the worker's silence.
+    a_sync_call_whose_worker_dies(false, "direct").await;
+}
+
+#[tokio::test]
+async fn a_sync_call_placed_by_the_scheduler_fails_fast_when_its_worker_dies() {
+    // The scheduler notices the worker's silence and answers the gateway's inbox.
+    a_sync_call_whose_worker_dies(false, "scheduler").await;
 }
 
 #[tokio::test]
 async fn a_warm_call_sent_straight_to_its_worker_fails_fast_when_the_worker_dies() {
     // A warm call goes from the gateway straight to the worker that ran the function
     // before: the gateway notices the worker's silence itself.
-    a_sync_call_whose_worker_dies(true).await;
+    a_sync_call_whose_worker_dies(true, "direct").await;
 }
 
-async fn a_sync_call_whose_worker_dies(warm_first: bool) {
+async fn a_sync_call_whose_worker_dies(warm_first: bool, dispatch: &str) {
     let _serial = SERIAL.lock().await;
     let mut cluster = Cluster::start(ClusterOpts {
         workers: 2,
+        env: vec![("NIMBUS_SYNC_DISPATCH".into(), dispatch.into())],
         ..Default::default()
     })
     .await;
@@ -232,15 +239,31 @@ async fn a_sync_call_whose_worker_dies(warm_first: bool) {
             worker_of(&started),
             worker_of(&wait_mark(&mark, "start warm-up").await)
         );
-        let metrics = cluster.gateway_metrics().await;
+    }
+    let metrics = cluster.gateway_metrics().await;
+    let (lost, ran) = match (dispatch, warm_first) {
+        // The warm-up's cold start placed by the gateway, "acked" on its instance.
+        (_, true) => ("warm", [("any", 1), ("warm", 1)].as_slice()),
+        ("direct", false) => ("any", [].as_slice()),
+        _ => ("none", [].as_slice()),
+    };
+    let counted = |placed: &str, result: &str, n: u32| {
+        format!(
+            "nimbus_gateway_direct_dispatches_total{{placed=\"{placed}\",result=\"{result}\"}} {n}"
+        )
+    };
+    if lost == "none" {
         assert!(
-            metrics.contains("nimbus_gateway_direct_dispatches_total{result=\"worker_lost\"} 1"),
+            !metrics.contains("nimbus_gateway_direct_dispatches_total"),
             "{metrics}"
         );
-        assert!(
-            metrics.contains("nimbus_gateway_direct_dispatches_total{result=\"ran\"} 1"),
-            "{metrics}"
-        );
+    } else {
+        let line = counted(lost, "worker_lost", 1);
+        assert!(metrics.contains(&line), "{line} in {metrics}");
+    }
+    for (placed, n) in ran {
+        let line = counted(placed, "ran", *n);
+        assert!(metrics.contains(&line), "{line} in {metrics}");
     }
     // The cluster still serves: the route to the dead worker is gone.
     let r = cluster.invoke("slow", &json!({"id": "after"})).await;
@@ -262,10 +285,10 @@ async fn services_asked_to_stop_do_so_with_nats_gone() {
 }
 
 #[tokio::test]
-async fn with_warm_dispatch_scheduler_every_call_is_placed() {
+async fn with_sync_dispatch_scheduler_every_call_is_placed() {
     let _serial = SERIAL.lock().await;
     let mut cluster = Cluster::start(ClusterOpts {
-        env: vec![("NIMBUS_WARM_DISPATCH".into(), "scheduler".into())],
+        env: vec![("NIMBUS_SYNC_DISPATCH".into(), "scheduler".into())],
         ..Default::default()
     })
     .await;
@@ -286,9 +309,22 @@ async fn with_warm_dispatch_scheduler_every_call_is_placed() {
 }
 
 #[tokio::test]
-async fn warm_calls_go_on_while_no_scheduler_runs() {
+async fn sync_calls_go_on_while_no_scheduler_runs() {
+    calls_while_no_scheduler_runs("direct").await;
+}
+
+#[tokio::test]
+async fn with_cold_starts_left_to_schedulers_warm_calls_go_on_while_none_runs() {
+    calls_while_no_scheduler_runs("warm").await;
+}
+
+async fn calls_while_no_scheduler_runs(dispatch: &str) {
     let _serial = SERIAL.lock().await;
-    let mut cluster = Cluster::start(ClusterOpts::default()).await;
+    let mut cluster = Cluster::start(ClusterOpts {
+        env: vec![("NIMBUS_SYNC_DISPATCH".into(), dispatch.into())],
+        ..Default::default()
+    })
+    .await;
     for name in ["kept", "new"] {
         echo_function(&cluster, name).await;
     }
@@ -301,15 +337,22 @@ async fn warm_calls_go_on_while_no_scheduler_runs() {
         assert_eq!(r.status, 200, "call {i}: {}", r.text());
         assert_eq!(r.json()["greeting"], format!("hello {i}"));
     }
-    // A cold start needs a scheduler to place it: refused at once, clearly.
     let r = cluster.invoke("new", &json!({"name": "x"})).await;
-    assert_eq!(r.status, 503, "{}", r.text());
-    assert!(r.text().contains("No scheduler is running"), "{}", r.text());
     let metrics = cluster.gateway_metrics().await;
-    assert!(
-        metrics.contains("nimbus_gateway_direct_dispatches_total{result=\"ran\"} 5"),
-        "{metrics}"
-    );
+    let warm_ran = "nimbus_gateway_direct_dispatches_total{placed=\"warm\",result=\"ran\"} 5";
+    assert!(metrics.contains(warm_ran), "{warm_ran} in {metrics}");
+    if dispatch == "direct" {
+        // The gateway places the cold start itself, on the worker it hears.
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.json()["greeting"], "hello x");
+        let cold_ran = "nimbus_gateway_direct_dispatches_total{placed=\"any\",result=\"ran\"} 2";
+        assert!(metrics.contains(cold_ran), "{cold_ran} in {metrics}");
+    } else {
+        // A cold start needs a scheduler to place it: refused at once, clearly.
+        assert_eq!(r.status, 503, "{}", r.text());
+        assert!(r.text().contains("No scheduler is running"), "{}", r.text());
+        assert!(!metrics.contains("placed=\"any\""), "{metrics}");
+    }
     cluster.stop();
 }
 

@@ -1,4 +1,4 @@
-//! Warm invocations straight to a worker.
+//! Synchronous invocations straight to a worker.
 //!
 //! A synchronous invocation through a scheduler takes four NATS messages and wakes
 //! three services: gateway → scheduler → worker (and its ack) → gateway. When this
@@ -6,14 +6,19 @@
 //! [`InvokeReply::worker_id`] of an earlier call, or an idle instance listed in the
 //! worker's heartbeat — it sends the [`Dispatch`] to that worker itself, marked
 //! `warm_only`: the worker accepts it only with an idle warm instance (its ack) and
-//! sends the result to this call's inbox. Three messages, no scheduler. Anything
-//! else — no known worker, a refusal, a worker that no longer listens — goes the
-//! scheduler's way, and its reply teaches the route again. Cold starts are always
-//! placed by a scheduler, which sees every worker's load.
+//! sends the result to this call's inbox. Three messages (two when the ack is left
+//! out), no scheduler. With no known warm worker the gateway places the cold start
+//! itself, as a scheduler would: on the first of its [`WorkerTable`]'s candidates
+//! (the heartbeats every service hears: warm instances first, then the most free
+//! slots). A refusal or a worker that no longer listens sends the call the
+//! scheduler's way — which tries several workers — and the reply teaches the route
+//! again.
 //!
 //! Results bypass the scheduler either way; for a direct call the gateway itself
 //! watches the worker's heartbeats and fails the call when they stop, as the
 //! scheduler does for the calls it placed.
+//!
+//! [`WorkerTable`]: nimbus_placement::WorkerTable
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -32,6 +37,36 @@ use crate::error::ApiError;
 
 /// How long a worker has to accept or refuse (as for a scheduler's dispatch).
 const ACK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Which synchronous calls a gateway sends to a worker itself (`NIMBUS_SYNC_DISPATCH`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dispatching {
+    /// Warm calls to a worker holding an instance, cold starts to the worker its
+    /// heartbeats show best placed; a scheduler when that worker refuses.
+    Direct,
+    /// Warm calls only; a scheduler places every cold start.
+    WarmOnly,
+    /// A scheduler places every call.
+    Scheduler,
+}
+
+/// What a direct call asks of its worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placed {
+    /// An idle warm instance of the revision, or nothing (`Dispatch::warm_only`).
+    Warm,
+    /// A warm instance or a cold start, as a scheduler's dispatch.
+    Any,
+}
+
+impl Placed {
+    fn label(self) -> &'static str {
+        match self {
+            Placed::Warm => "warm",
+            Placed::Any => "any",
+        }
+    }
+}
 
 /// Workers known to have run each function's newest revision this gateway has seen.
 #[derive(Default)]
@@ -220,12 +255,13 @@ impl Drop for Call<'_> {
     }
 }
 
-/// Sends `cfg`'s invocation to `worker` as a `warm_only` dispatch and waits for the
-/// result; fails the call if the worker's heartbeats stop meanwhile.
+/// Sends `cfg`'s invocation to `worker` (a `warm_only` dispatch for [`Placed::Warm`])
+/// and waits for the result; fails the call if the worker's heartbeats stop meanwhile.
 #[allow(clippy::too_many_arguments)]
 pub async fn invoke(
     state: &AppState,
     worker: &str,
+    placed: Placed,
     cfg: &FunctionConfig,
     revision: u64,
     request_id: &str,
@@ -251,7 +287,7 @@ pub async fn invoke(
         invocation_type: InvocationType::RequestResponse,
         reply_to: call.subject(Leg::Result),
         attempt: 0,
-        warm_only: true,
+        warm_only: placed == Placed::Warm,
         ack_optional: true,
     };
     if let Err(e) = state
@@ -259,7 +295,7 @@ pub async fn invoke(
         .publish_with_reply(subject, call.subject(Leg::Ack), encode(&d))
         .await
     {
-        count("failed");
+        count(placed, "failed");
         return Err(ApiError::Service(format!("invocation failed: {e}")));
     }
     let first = match tokio::time::timeout(ACK_TIMEOUT, call.rx.recv()).await {
@@ -268,33 +304,33 @@ pub async fn invoke(
         // another worker in the same case.
         Ok(None) | Err(_) => {
             tracing::debug!(worker_id = %worker, "direct dispatch unanswered");
-            count("unreachable");
+            count(placed, "unreachable");
             return Ok(Direct::Unreachable);
         }
     };
     let msg = match first {
         (Leg::Result, msg) => msg,
         (Leg::Ack, ack) => {
-            if let Some(not_taken) = not_taken(worker, &ack) {
+            if let Some(not_taken) = not_taken(worker, placed, &ack) {
                 return Ok(not_taken);
             }
-            result_after_ack(state, worker, request_id, &mut call, timeout).await?
+            result_after_ack(state, worker, placed, request_id, &mut call, timeout).await?
         }
     };
     let reply = decode(&msg.payload).map_err(|e| {
-        count("failed");
+        count(placed, "failed");
         ApiError::Service(format!("unreadable invocation reply: {e}"))
     })?;
-    count("ran");
+    count(placed, "ran");
     Ok(Direct::Ran(reply))
 }
 
 /// What an ack says when the worker did not take the call: nobody listens on its
 /// subject, it refused, or the ack is unreadable (taken as a refusal).
-fn not_taken(worker: &str, ack: &async_nats::Message) -> Option<Direct> {
+fn not_taken(worker: &str, placed: Placed, ack: &async_nats::Message) -> Option<Direct> {
     if ack.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
         tracing::debug!(worker_id = %worker, "direct dispatch: no responders");
-        count("unreachable");
+        count(placed, "unreachable");
         return Some(Direct::Unreachable);
     }
     match decode::<DispatchAck>(&ack.payload) {
@@ -306,12 +342,12 @@ fn not_taken(worker: &str, ack: &async_nats::Message) -> Option<Direct> {
             result: AckResult::Refused { .. },
             ..
         }) => {
-            count("refused");
+            count(placed, "refused");
             Some(Direct::Refused)
         }
         Err(e) => {
             tracing::warn!(worker_id = %worker, error = %e, "undecodable dispatch ack");
-            count("refused");
+            count(placed, "refused");
             Some(Direct::Refused)
         }
     }
@@ -322,6 +358,7 @@ fn not_taken(worker: &str, ack: &async_nats::Message) -> Option<Direct> {
 async fn result_after_ack(
     state: &AppState,
     worker: &str,
+    placed: Placed,
     request_id: &str,
     call: &mut Call<'_>,
     timeout: Duration,
@@ -330,26 +367,26 @@ async fn result_after_ack(
         r = tokio::time::timeout(timeout, call.rx.recv()) => r,
         () = stopped(state, worker) => {
             tracing::warn!(%request_id, worker_id = %worker, "worker vanished mid-invocation; failing the call");
-            count("worker_lost");
+            count(placed, "worker_lost");
             return Err(ApiError::from_wire(WireError::worker_lost(worker)));
         }
     };
     match outcome {
         Ok(Some((Leg::Result, msg))) => Ok(msg),
         Ok(Some((Leg::Ack, _))) => {
-            count("failed");
+            count(placed, "failed");
             Err(ApiError::Service(
                 "invocation failed: the worker acked the call twice".into(),
             ))
         }
         Ok(None) => {
-            count("failed");
+            count(placed, "failed");
             Err(ApiError::Service(
                 "invocation failed: the reply subscription closed".into(),
             ))
         }
         Err(_) => {
-            count("timed_out");
+            count(placed, "timed_out");
             Err(ApiError::Service(format!(
                 "The invocation {request_id} did not complete within {} s (its worker may have stopped)",
                 timeout.as_secs()
@@ -358,8 +395,8 @@ async fn result_after_ack(
     }
 }
 
-fn count(result: &'static str) {
-    metrics::counter!("nimbus_gateway_direct_dispatches_total", "result" => result).increment(1);
+fn count(placed: Placed, result: &'static str) {
+    metrics::counter!("nimbus_gateway_direct_dispatches_total", "placed" => placed.label(), "result" => result).increment(1);
 }
 
 /// Whether `worker` is heard from, not draining: it may be sent new work.

@@ -32,8 +32,8 @@ pub struct GatewayConfig {
     pub duplicate_window: std::time::Duration,
     /// `None`: no signature checks (NIMBUS_AUTH=off).
     pub access_keys: Option<auth::AccessKeys>,
-    /// Send warm synchronous calls straight to a worker ([`direct`]).
-    pub direct_dispatch: bool,
+    /// Which synchronous calls this gateway sends to a worker itself ([`direct`]).
+    pub dispatch: direct::Dispatching,
 }
 
 /// Shared by every handler.
@@ -54,14 +54,12 @@ pub struct AppState {
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     /// Keys that may sign requests; `None`: the APIs are open.
     pub access_keys: Option<auth::AccessKeys>,
-    /// Last heartbeat of each worker and when it came: for `GET /nimbus/v1/cluster`
-    /// and the liveness of workers called directly.
-    pub workers: std::sync::Mutex<
-        std::collections::HashMap<String, (std::time::Instant, nimbus_proto::Heartbeat)>,
-    >,
+    /// Every worker's last heartbeat: for `GET /nimbus/v1/cluster`, the liveness of
+    /// workers called directly, and where a cold start goes.
+    pub workers: nimbus_placement::WorkerTable,
     /// Workers that ran each function's current revision: warm calls go to them.
     pub warm: direct::WarmRoutes,
-    pub direct_dispatch: bool,
+    pub dispatch: direct::Dispatching,
     /// The acks and results of direct calls.
     pub replies: Arc<direct::Replies>,
 }
@@ -71,15 +69,8 @@ impl AppState {
     /// [`WORKER_EXPIRY_MS`](nimbus_proto::worker::WORKER_EXPIRY_MS)); `None` once
     /// it is not.
     pub fn worker_heard(&self, worker: &str) -> Option<bool> {
-        let workers = self.workers.lock().expect("lock poisoned");
-        let (seen, hb) = workers.get(worker)?;
-        heard_recently(*seen).then_some(hb.draining)
+        self.workers.heard(worker)
     }
-}
-
-/// Whether a heartbeat that came at `seen` still counts its worker as alive.
-pub fn heard_recently(seen: std::time::Instant) -> bool {
-    seen.elapsed() < std::time::Duration::from_millis(nimbus_proto::worker::WORKER_EXPIRY_MS)
 }
 
 pub async fn run(
@@ -122,11 +113,12 @@ pub async fn run(
         access_keys: cfg.access_keys,
         workers: Default::default(),
         warm: Default::default(),
-        direct_dispatch: cfg.direct_dispatch,
+        dispatch: cfg.dispatch,
         replies: direct::Replies::start(&nats).await?,
     });
     // Worker heartbeats: for the cluster status call, the liveness of workers called
-    // directly, and their idle instances as routes for warm calls.
+    // directly, their idle instances as routes for warm calls, their free slots for
+    // cold starts.
     let mut heartbeats = nats.subscribe(state.subjects.heartbeat()).await?;
     let hb_state = state.clone();
     let hb_stop = stop.clone();
@@ -140,8 +132,7 @@ pub async fn run(
             let Some(msg) = msg else { break };
             if let Ok(hb) = nimbus_proto::decode::<nimbus_proto::Heartbeat>(&msg.payload) {
                 hb_state.warm.heard(&hb);
-                let mut w = hb_state.workers.lock().expect("lock poisoned");
-                w.insert(hb.worker_id.clone(), (std::time::Instant::now(), hb));
+                hb_state.workers.update(hb);
             }
         }
     });

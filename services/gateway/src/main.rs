@@ -42,11 +42,14 @@ struct Args {
     /// Create NIMBUS_ACCESS_KEYS_FILE with a new key pair when it does not exist.
     #[arg(long, env = "NIMBUS_ACCESS_KEYS_CREATE", default_value_t = false)]
     access_keys_create: bool,
-    /// `direct`: a warm synchronous call goes straight to a worker known to hold an
-    /// idle instance of the function; `scheduler`: every call is placed by a
-    /// scheduler (one more NATS hop and service on the path).
-    #[arg(long, env = "NIMBUS_WARM_DISPATCH", default_value = "direct", value_parser = ["direct", "scheduler"])]
-    warm_dispatch: String,
+    /// Who places a synchronous call. `direct`: this gateway sends a warm call
+    /// straight to a worker known to hold an idle instance of the function, and a
+    /// cold start to the worker the heartbeats show best placed (a scheduler if it
+    /// refuses); `warm`: warm calls only, a scheduler places cold starts;
+    /// `scheduler`: a scheduler places every call (one more NATS hop and service on
+    /// the path).
+    #[arg(long, env = "NIMBUS_SYNC_DISPATCH", default_value = "direct", value_parser = ["direct", "warm", "scheduler"])]
+    sync_dispatch: String,
     /// Check the configuration (every `NIMBUS_*` variable must be one this
     /// service reads) and exit.
     #[arg(long)]
@@ -135,7 +138,11 @@ async fn main_exec() -> anyhow::Result<()> {
         region: args.region,
         s3_events_subject: args.s3_events_subject,
         duplicate_window: args.nats.duplicate_window(),
-        direct_dispatch: args.warm_dispatch == "direct",
+        dispatch: match args.sync_dispatch.as_str() {
+            "warm" => nimbus_gateway::direct::Dispatching::WarmOnly,
+            "scheduler" => nimbus_gateway::direct::Dispatching::Scheduler,
+            _ => nimbus_gateway::direct::Dispatching::Direct,
+        },
     };
     nimbus_gateway::run(cfg, listener, nats, subjects, names, code, shutdown).await
 }

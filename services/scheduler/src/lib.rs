@@ -2,7 +2,8 @@
 //!
 //! # Layout
 //! - [`registry`]: function configurations from a KV watch (no storage read per call);
-//! - [`workers`]: the live worker table from heartbeats;
+//! - the live worker table from heartbeats is [`nimbus_placement::WorkerTable`], shared
+//!   with the gateway, which places synchronous calls itself;
 //! - [`placement`]: picking a worker and handing an invocation over;
 //! - [`sync_invoke`]: synchronous invocations (queue group `scheduler`);
 //! - [`async_queue`]: durable asynchronous invocations from JetStream.
@@ -20,7 +21,6 @@ pub mod sync_invoke;
 pub mod tasks;
 pub mod triggers;
 pub mod watcher;
-pub mod workers;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,7 +32,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::placement::Placement;
 use crate::registry::Registry;
-use crate::workers::WorkerTable;
+use nimbus_placement::WorkerTable;
 
 #[derive(Debug, Clone)]
 pub struct SchedulerConfig {

@@ -12,7 +12,7 @@ use nimbus_proto::{
     AckResult, Dispatch, DispatchAck, ErrorCode, Subjects, WireError, decode, encode,
 };
 
-use crate::workers::WorkerTable;
+use nimbus_placement::WorkerTable;
 
 /// Workers tried for one invocation before it is throttled.
 const MAX_ATTEMPTS: usize = 4;

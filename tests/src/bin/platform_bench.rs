@@ -473,8 +473,9 @@ async fn run() {
     let quick = args.iter().any(|a| a == "--quick");
     // `--boxes-ahead N`: the workers' NIMBUS_SANDBOX_BOXES_AHEAD (0: every box made
     // at its cold start), to compare cold starts with and without.
-    // `--warm-dispatch scheduler`: the gateway's NIMBUS_WARM_DISPATCH (every call
-    // placed by the scheduler), to compare with warm calls sent straight to a worker.
+    // `--sync-dispatch warm|scheduler`: the gateway's NIMBUS_SYNC_DISPATCH (cold
+    // starts, or every call, placed by the scheduler), to compare with calls sent
+    // straight to a worker.
     let flag = |name: &str| {
         args.iter()
             .position(|a| a == name)
@@ -485,8 +486,8 @@ async fn run() {
     if let Some(n) = flag("--boxes-ahead") {
         env.push(("NIMBUS_SANDBOX_BOXES_AHEAD".into(), n));
     }
-    if let Some(how) = flag("--warm-dispatch") {
-        env.push(("NIMBUS_WARM_DISPATCH".into(), how));
+    if let Some(how) = flag("--sync-dispatch") {
+        env.push(("NIMBUS_SYNC_DISPATCH".into(), how));
     }
     // `--tiny`: a hundredth, for the test that keeps the benchmark working.
     let scale = if args.iter().any(|a| a == "--tiny") {
@@ -799,13 +800,21 @@ async fn run() {
             .fold(0.0, |a, b| a + b)
     };
     let direct = sum("nimbus_gateway_direct_dispatches_total{", "result=\"ran\"");
+    let warm = sum(
+        "nimbus_gateway_direct_dispatches_total{",
+        "placed=\"warm\",result=\"ran\"",
+    );
     let sync = sum(
         "nimbus_gateway_invocations_total{",
         "type=\"RequestResponse\"",
     );
-    println!("warm phase: {direct} of {sync} synchronous calls went straight to a worker");
+    println!(
+        "warm phase: {direct} of {sync} synchronous calls went straight to a worker, {warm} of them to a warm instance it knew"
+    );
     out.report
         .insert("sync_calls_direct_share".into(), json!(direct / sync));
+    out.report
+        .insert("sync_calls_warm_direct_share".into(), json!(warm / sync));
     let loaded = json!({
         "gateway_mb": rss_mb(cluster.gateway.pid()),
         "scheduler_mb": rss_mb(cluster.scheduler.pid()),

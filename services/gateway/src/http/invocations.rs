@@ -19,7 +19,7 @@ use nimbus_proto::{
 
 use super::{check_qualifier, parse_function_name, read_body};
 use crate::AppState;
-use crate::direct::{self, Direct};
+use crate::direct::{self, Direct, Dispatching, Placed};
 use crate::error::ApiError;
 
 /// Slack on top of the function's timeout for placement and a cold start.
@@ -116,8 +116,10 @@ pub async fn invoke(
 }
 
 /// Runs a synchronous invocation: straight to a worker known to hold a warm instance
-/// of `revision` ([`crate::direct`]), else to a scheduler over NATS, the worker's
-/// reply back to this gateway's inbox. Shared by `Invoke`, function URLs and routes.
+/// of `revision`, else to the worker this gateway's heartbeats show best placed for a
+/// cold start ([`crate::direct`]), else — that worker refused or is gone — through a
+/// scheduler over NATS; the worker's reply comes back to this gateway's inbox.
+/// Shared by `Invoke`, function URLs and routes.
 pub async fn invoke_sync(
     state: &AppState,
     name: &str,
@@ -128,18 +130,30 @@ pub async fn invoke_sync(
     log_tail: bool,
 ) -> Result<InvokeReply, ApiError> {
     let timeout = Duration::from_secs(u64::from(cfg.timeout_secs)) + PLATFORM_SLACK;
-    let direct_to = state
-        .direct_dispatch
-        .then(|| {
-            state
-                .warm
-                .pick(name, revision, |w| direct::usable(state, w))
-        })
-        .flatten();
-    if let Some(worker) = direct_to {
+    let warm = match state.dispatch {
+        Dispatching::Scheduler => None,
+        Dispatching::Direct | Dispatching::WarmOnly => state
+            .warm
+            .pick(name, revision, |w| direct::usable(state, w))
+            .map(|w| (w, Placed::Warm)),
+    };
+    let direct_to = warm.or_else(|| match state.dispatch {
+        Dispatching::Direct => state
+            .workers
+            .candidates(name, revision)
+            .into_iter()
+            .next()
+            .map(|w| (w, Placed::Any)),
+        Dispatching::WarmOnly | Dispatching::Scheduler => None,
+    });
+    if let Some((worker, placed)) = direct_to {
+        // Counted against the worker's free slots until its next heartbeat, so a
+        // burst of cold starts spreads.
+        state.workers.dispatched(&worker, name, revision);
         let sent = direct::invoke(
             state,
             &worker,
+            placed,
             cfg,
             revision,
             &request_id,
@@ -149,9 +163,18 @@ pub async fn invoke_sync(
         )
         .await?;
         match sent {
-            Direct::Ran(reply) => return Ok(reply),
-            Direct::Refused => state.warm.forget(name, &worker),
-            Direct::Unreachable => state.warm.forget_worker(&worker),
+            Direct::Ran(reply) => {
+                if placed == Placed::Any {
+                    state.warm.learn(name, revision, &reply.worker_id);
+                }
+                return Ok(reply);
+            }
+            Direct::Refused if placed == Placed::Warm => state.warm.forget(name, &worker),
+            Direct::Refused => state.workers.refused(&worker),
+            Direct::Unreachable => {
+                state.warm.forget_worker(&worker);
+                state.workers.refused(&worker);
+            }
         }
     }
     let reply = via_scheduler(

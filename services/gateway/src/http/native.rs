@@ -33,18 +33,18 @@ pub async fn healthz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
 
 /// `GET /nimbus/v1/cluster`: workers heard from in the last 3 s.
 pub async fn cluster(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
-    let mut w = state.workers.lock().expect("lock poisoned");
-    w.retain(|_, (seen, _)| crate::heard_recently(*seen));
-    let mut workers: Vec<_> = w
-        .values()
-        .map(|(seen, hb)| {
+    let mut workers: Vec<_> = state
+        .workers
+        .snapshot()
+        .into_iter()
+        .map(|(age, hb)| {
             json!({
                 "id": hb.worker_id,
                 "slots": hb.slots,
                 "busy": hb.busy,
                 "draining": hb.draining,
                 "warm": hb.warm.iter().map(|x| x.idle).sum::<u32>(),
-                "last_seen_ms": seen.elapsed().as_millis() as u64,
+                "last_seen_ms": age.as_millis() as u64,
                 "sandbox": hb.sandbox,
             })
         })

@@ -1,5 +1,10 @@
-//! The live table of workers, fed by their heartbeats. A worker not heard from for
+//! The live table of workers, fed by their heartbeats, and the order in which to
+//! try them for an invocation. A worker not heard from for
 //! [`nimbus_proto::worker::WORKER_EXPIRY_MS`] is out of placement.
+//!
+//! Both placers keep one: a scheduler (asynchronous invocations, and synchronous
+//! ones a gateway hands it) and a gateway (the synchronous calls it sends to a
+//! worker itself).
 //!
 //! Load figures are hints for ordering, never grounds for refusing: a heartbeat is up
 //! to a second old and synchronous results bypass the scheduler, so only the worker
@@ -130,6 +135,24 @@ impl WorkerTable {
         w.get(worker).is_some_and(|e| e.seen.elapsed() < EXPIRY)
     }
 
+    /// `Some(draining)` while `worker` is heard from; `None` once it is not.
+    pub fn heard(&self, worker: &str) -> Option<bool> {
+        let w = self.workers.lock().expect("lock poisoned");
+        w.get(worker)
+            .filter(|e| e.seen.elapsed() < EXPIRY)
+            .map(|e| e.hb.draining)
+    }
+
+    /// The last heartbeat of every worker heard from, with its age; the silent
+    /// ones are dropped.
+    pub fn snapshot(&self) -> Vec<(Duration, Heartbeat)> {
+        let mut w = self.workers.lock().expect("lock poisoned");
+        w.retain(|_, e| e.seen.elapsed() < EXPIRY);
+        w.values()
+            .map(|e| (e.seen.elapsed(), e.hb.clone()))
+            .collect()
+    }
+
     pub fn len(&self) -> usize {
         self.workers.lock().expect("lock poisoned").len()
     }
@@ -203,7 +226,17 @@ mod tests {
             w.get_mut("a").unwrap().seen = Instant::now() - EXPIRY - Duration::from_millis(1);
         }
         assert!(!t.is_alive("a"));
+        assert_eq!(t.heard("a"), None);
         assert!(t.candidates("f", 1).is_empty());
         assert!(t.is_empty());
+        let mut d = hb("b", 2, 0, &[]);
+        d.draining = true;
+        t.update(d);
+        assert_eq!(t.heard("b"), Some(true));
+        t.update(hb("c", 2, 0, &[]));
+        assert_eq!(t.heard("c"), Some(false));
+        let mut seen: Vec<_> = t.snapshot().into_iter().map(|(_, h)| h.worker_id).collect();
+        seen.sort();
+        assert_eq!(seen, ["b", "c"]);
     }
 }
