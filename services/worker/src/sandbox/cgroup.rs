@@ -288,12 +288,20 @@ impl InstanceCgroup {
         Ok(())
     }
 
-    /// `cgroup.procs` of every hierarchy, opened for the child to write `0` into
-    /// (which moves the writer) between fork and exec.
+    /// The file of every hierarchy that moves a task, opened for the child to write
+    /// `0` into (which moves the writer) between fork and exec.
+    ///
+    /// On v1 that is `tasks`, not `cgroup.procs`: moving a whole process takes the
+    /// kernel's global threadgroup lock for writing, and its first taking after a
+    /// quiet spell waits for an RCU grace period — 10–24 ms on the project machine,
+    /// most of a box's making — while a single thread moving itself skips that lock
+    /// (~40 µs). Between fork and exec the child has one thread, so moving it moves
+    /// the process. v2 has no such file outside threaded cgroups.
     pub fn join_files(&self) -> std::io::Result<Vec<File>> {
+        let file = if self.v2 { "cgroup.procs" } else { "tasks" };
         self.dirs
             .iter()
-            .map(|d| OpenOptions::new().write(true).open(d.join("cgroup.procs")))
+            .map(|d| OpenOptions::new().write(true).open(d.join(file)))
             .collect()
     }
 
