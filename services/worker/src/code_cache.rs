@@ -104,18 +104,21 @@ impl CodeCache {
             .bytes()
             .await
             .map_err(fetch_err)?;
-        let actual = hex(&Sha256::digest(&bytes));
-        if actual != code.sha256_hex {
-            return Err(CodeError::ChecksumMismatch {
-                key: code.key.clone(),
-                expected: code.sha256_hex.clone(),
-                actual,
-            });
-        }
         let tmp = self.root.join(format!(".tmp-{}", uuid::Uuid::new_v4()));
         let key = code.key.clone();
+        let expected = code.sha256_hex.clone();
         let target = dir.clone();
+        // Hashing and unpacking off the async runtime: milliseconds per MB, which on
+        // a service with one runtime thread would hold up every other call.
         tokio::task::spawn_blocking(move || {
+            let actual = hex(&Sha256::digest(&bytes));
+            if actual != expected {
+                return Err(CodeError::ChecksumMismatch {
+                    key,
+                    expected,
+                    actual,
+                });
+            }
             let result = unpack(&bytes, &tmp).and_then(|()| {
                 std::fs::rename(&tmp, &target).or_else(|e| {
                     // Another process unpacked the same package first: fine.
