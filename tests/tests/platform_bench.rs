@@ -60,6 +60,16 @@ async fn a_tiny_platform_bench_reports_every_figure() {
     let events = &report["async_end_to_end"];
     assert!(events["invocations"].as_u64().unwrap() > 0, "{events}");
     assert_eq!(events["completed"], events["invocations"], "{events}");
+    // A cold start whose package had to be fetched, and memory per warm instance.
+    assert!(
+        report["cold_native_fetched"]["n"].as_u64().unwrap() > 0,
+        "{report}"
+    );
+    for key in ["native", "python"] {
+        let per = &report[format!("per_warm_instance_{key}")];
+        assert!(per["processes_mb"].as_f64().unwrap() > 0.0, "{key}: {per}");
+        assert!(per["worker_mb"].as_f64().is_some(), "{key}: {per}");
+    }
     for rss in ["rss_idle", "rss_loaded"] {
         for (service, mb) in report[rss].as_object().unwrap() {
             assert!(mb.as_f64().unwrap() > 0.0, "{rss} {service}: {mb}");

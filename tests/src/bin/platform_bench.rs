@@ -202,6 +202,60 @@ fn rss_mb(pid: Option<u32>) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// `n` bytes no compressor shrinks (xorshift), different for each `seed`.
+fn noise(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(n + 8);
+    while out.len() < n {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(n);
+    out
+}
+
+/// The summed PSS, in MB, of every process descended from `pid` (not `pid` itself).
+fn descendants_pss_mb(pid: Option<u32>) -> f64 {
+    let Some(root) = pid else { return 0.0 };
+    let mut parent_of = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(p) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        // The parent is the second field after the command's closing parenthesis.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
+        if let Some(ppid) = ppid {
+            parent_of.push((p, ppid));
+        }
+    }
+    let mut family = vec![root];
+    let mut grew = true;
+    while grew {
+        grew = false;
+        for (p, ppid) in &parent_of {
+            if family.contains(ppid) && !family.contains(p) {
+                family.push(*p);
+                grew = true;
+            }
+        }
+    }
+    family[1..]
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/smaps_rollup")).ok())
+        .filter_map(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Pss:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        })
+        .sum::<f64>()
+        / 1024.0
+}
+
 fn real_python() -> std::path::PathBuf {
     for p in ["/usr/bin/python3", "/usr/local/bin/python3"] {
         if std::path::Path::new(p).is_file() {
@@ -900,6 +954,91 @@ async fn run() {
                 format!("cold_{key}{mode}_init_over_bare_ms"),
                 json!(init_stats.p50_ms - bare.p50_ms),
             );
+        }
+    }
+
+    // Cold start with the code fetched: each function's package is new to the worker
+    // (its own 1 MiB of filler beside the same bootstrap), so the worker fetches it
+    // from the object store, checks its SHA-256 and unpacks it before the start. One
+    // at a time, 100 ms apart, as the paced start with the code cached.
+    {
+        let bootstrap = std::fs::read(bin_dir().join("native-noop-function"))
+            .expect("native-noop-function is built with the workspace binaries");
+        let mut h = hist();
+        let mut size = 0;
+        let started = Instant::now();
+        let seed = Instant::now().elapsed().as_nanos() as u64 ^ u64::from(std::process::id());
+        for i in 0..(30 / scale.min(5)).max(2) {
+            let filler = noise(1024 * 1024, seed.wrapping_add(i as u64));
+            let zip = zip_files(&[
+                ("bootstrap", &bootstrap, true),
+                ("filler.bin", &filler, false),
+            ]);
+            size = zip.len();
+            let name = format!("cold-fetched-{i}");
+            cluster
+                .create_function(&name, "provided.al2023", "bootstrap", &zip, json!({}))
+                .await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let t = Instant::now();
+            let r = client
+                .post(invoke_url(&name))
+                .body("{}")
+                .send()
+                .await
+                .unwrap();
+            let _ = h.record(t.elapsed().as_micros().max(1) as u64);
+            assert!(r.status().is_success());
+        }
+        out.rec(
+            "cold_native_fetched",
+            &format!(
+                "cold start, native, a {:.1} MiB package fetched from the object store, one at a time, 100 ms apart",
+                size as f64 / 1048576.0
+            ),
+            &stats(&h, started.elapsed()),
+            Some(&spawn_native),
+        );
+    }
+
+    // Memory per warm instance: the worker's own RSS, and the instance's processes
+    // (the box's init and pid 1, the runtime) by PSS — shared pages split between
+    // the processes sharing them — for instances kept warm after one call each.
+    {
+        let worker = cluster.workers[0].pid();
+        let k = (20 / scale).max(2);
+        for (runtime, handler, zip, key) in [
+            ("provided.al2023", "bootstrap", native_noop_zip(), "native"),
+            ("python3.12", "noop.handler", python_noop_zip(), "python"),
+        ] {
+            let before = (rss_mb(worker), descendants_pss_mb(worker));
+            for i in 0..k {
+                let name = format!("kept-{key}-{i}");
+                cluster
+                    .create_function(&name, runtime, handler, &zip, json!({}))
+                    .await;
+                let r = client
+                    .post(invoke_url(&name))
+                    .body("{}")
+                    .send()
+                    .await
+                    .unwrap();
+                assert!(r.status().is_success());
+            }
+            // The boxes taken are replaced within the REFILL delay: let them be.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let after = (rss_mb(worker), descendants_pss_mb(worker));
+            let per = json!({
+                "worker_mb": (after.0 - before.0) / k as f64,
+                "processes_mb": (after.1 - before.1) / k as f64,
+                "instances": k,
+            });
+            println!(
+                "per warm {key} instance: worker +{:.2} MB RSS, its processes {:.2} MB PSS ({k} instances)",
+                per["worker_mb"].as_f64().unwrap_or(0.0),
+                per["processes_mb"].as_f64().unwrap_or(0.0),
+            );
+            out.report.insert(format!("per_warm_instance_{key}"), per);
         }
     }
 
