@@ -147,9 +147,12 @@ pub async fn invoke_sync(
         Dispatching::WarmOnly | Dispatching::Scheduler => None,
     });
     if let Some((worker, placed)) = direct_to {
-        // Counted against the worker's free slots until its next heartbeat, so a
-        // burst of cold starts spreads.
-        state.workers.dispatched(&worker, name, revision);
+        // A cold start counts against the worker's free slots until its next
+        // heartbeat, so a burst of them spreads. Warm calls do not: they hold a
+        // slot for a moment, and thousands a second would read as a full worker.
+        if placed == Placed::Any {
+            state.workers.dispatched(&worker, name, revision);
+        }
         let sent = direct::invoke(
             state,
             &worker,
