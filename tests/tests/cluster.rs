@@ -347,6 +347,32 @@ async fn calls_while_no_scheduler_runs(dispatch: &str) {
         assert_eq!(r.json()["greeting"], "hello x");
         let cold_ran = "nimbus_gateway_direct_dispatches_total{placed=\"any\",result=\"ran\"} 2";
         assert!(metrics.contains(cold_ran), "{cold_ran} in {metrics}");
+        // Its one warm instance busy, a function's next call is a second cold start
+        // the gateway places too (its warm route refused it).
+        let mark = slow_marker(&cluster, "slow", 60).await;
+        let r = cluster.invoke("slow", &json!({"id": "warm-up"})).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let endpoint = cluster.endpoint.clone();
+        let http = cluster.http.clone();
+        let long = tokio::spawn(async move {
+            let resp = http
+                .post(format!("{endpoint}/2015-03-31/functions/slow/invocations"))
+                .body(r#"{"id":"long","sleep":2}"#)
+                .send()
+                .await
+                .unwrap();
+            resp.status().as_u16()
+        });
+        wait_mark(&mark, "start long").await;
+        let r = cluster.invoke("slow", &json!({"id": "beside"})).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(long.await.unwrap(), 200);
+        let metrics = cluster.gateway_metrics().await;
+        let refused =
+            "nimbus_gateway_direct_dispatches_total{placed=\"warm\",result=\"refused\"} 1";
+        assert!(metrics.contains(refused), "{refused} in {metrics}");
+        let cold_ran = "nimbus_gateway_direct_dispatches_total{placed=\"any\",result=\"ran\"} 4";
+        assert!(metrics.contains(cold_ran), "{cold_ran} in {metrics}");
     } else {
         // A cold start needs a scheduler to place it: refused at once, clearly.
         assert_eq!(r.status, 503, "{}", r.text());

@@ -116,9 +116,10 @@ pub async fn invoke(
 }
 
 /// Runs a synchronous invocation: straight to a worker known to hold a warm instance
-/// of `revision`, else to the worker this gateway's heartbeats show best placed for a
-/// cold start ([`crate::direct`]), else — that worker refused or is gone — through a
-/// scheduler over NATS; the worker's reply comes back to this gateway's inbox.
+/// of `revision`, else — none known, or it refused — to the worker this gateway's
+/// heartbeats show best placed for a cold start ([`crate::direct`]), else — that
+/// worker refused or is gone — through a scheduler over NATS; the worker's reply
+/// comes back to this gateway's inbox.
 /// Shared by `Invoke`, function URLs and routes.
 pub async fn invoke_sync(
     state: &AppState,
@@ -130,23 +131,19 @@ pub async fn invoke_sync(
     log_tail: bool,
 ) -> Result<InvokeReply, ApiError> {
     let timeout = Duration::from_secs(u64::from(cfg.timeout_secs)) + PLATFORM_SLACK;
-    let warm = match state.dispatch {
-        Dispatching::Scheduler => None,
-        Dispatching::Direct | Dispatching::WarmOnly => state
-            .warm
-            .pick(name, revision, |w| direct::usable(state, w))
-            .map(|w| (w, Placed::Warm)),
-    };
-    let direct_to = warm.or_else(|| match state.dispatch {
-        Dispatching::Direct => state
-            .workers
-            .candidates(name, revision)
-            .into_iter()
-            .next()
-            .map(|w| (w, Placed::Any)),
-        Dispatching::WarmOnly | Dispatching::Scheduler => None,
-    });
-    if let Some((worker, placed)) = direct_to {
+    // A warm instance first; if none is known or its worker refuses (all busy), a
+    // cold start on the worker best placed; if that one refuses too, a scheduler.
+    for placed in [Placed::Warm, Placed::Any] {
+        let worker = match (placed, state.dispatch) {
+            (_, Dispatching::Scheduler) | (Placed::Any, Dispatching::WarmOnly) => None,
+            (Placed::Warm, _) => state
+                .warm
+                .pick(name, revision, |w| direct::usable(state, w)),
+            (Placed::Any, Dispatching::Direct) => {
+                state.workers.candidates(name, revision).into_iter().next()
+            }
+        };
+        let Some(worker) = worker else { continue };
         // A cold start counts against the worker's free slots until its next
         // heartbeat, so a burst of them spreads. Warm calls do not: they hold a
         // slot for a moment, and thousands a second would read as a full worker.
