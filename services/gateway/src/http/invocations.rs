@@ -131,19 +131,24 @@ pub async fn invoke_sync(
     log_tail: bool,
 ) -> Result<InvokeReply, ApiError> {
     let timeout = Duration::from_secs(u64::from(cfg.timeout_secs)) + PLATFORM_SLACK;
-    // A warm instance first; if none is known or its worker refuses (all busy), a
-    // cold start on the worker best placed; if that one refuses too, a scheduler.
-    for placed in [Placed::Warm, Placed::Any] {
-        let worker = match (placed, state.dispatch) {
-            (_, Dispatching::Scheduler) | (Placed::Any, Dispatching::WarmOnly) => None,
-            (Placed::Warm, _) => state
-                .warm
-                .pick(name, revision, |w| direct::usable(state, w)),
-            (Placed::Any, Dispatching::Direct) => {
-                state.workers.candidates(name, revision).into_iter().next()
-            }
-        };
-        let Some(worker) = worker else { continue };
+    let warm = match state.dispatch {
+        Dispatching::Scheduler => None,
+        Dispatching::Direct | Dispatching::WarmOnly => state
+            .warm
+            .pick(name, revision, |w| direct::usable(state, w))
+            .map(|w| (w, Placed::Warm)),
+    };
+    let cold_to = || match state.dispatch {
+        Dispatching::Direct => state
+            .workers
+            .candidates(name, revision)
+            .into_iter()
+            .next()
+            .map(|w| (w, Placed::Any)),
+        Dispatching::WarmOnly | Dispatching::Scheduler => None,
+    };
+    let mut direct_to = warm.or_else(&cold_to);
+    while let Some((worker, placed)) = direct_to.take() {
         // A cold start counts against the worker's free slots until its next
         // heartbeat, so a burst of them spreads. Warm calls do not: they hold a
         // slot for a moment, and thousands a second would read as a full worker.
@@ -169,7 +174,11 @@ pub async fn invoke_sync(
                 }
                 return Ok(reply);
             }
-            Direct::Refused if placed == Placed::Warm => state.warm.forget(name, &worker),
+            // Its instances all busy: a cold start, placed here as well.
+            Direct::Refused if placed == Placed::Warm => {
+                state.warm.forget(name, &worker);
+                direct_to = cold_to();
+            }
             Direct::Refused => state.workers.refused(&worker),
             Direct::Unreachable => {
                 state.warm.forget_worker(&worker);
