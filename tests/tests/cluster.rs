@@ -37,6 +37,29 @@ async fn wait_mark(mark: &std::path::Path, prefix: &str) -> String {
 }
 
 /// Which worker (1-based) a mark line's log stream (`nimbus/w<n>/<instance>`) names.
+/// Invokes `function` with `body` in a task of its own: its status, error type and
+/// body.
+fn invoke_in_background(
+    cluster: &Cluster,
+    function: &str,
+    body: &'static str,
+) -> tokio::task::JoinHandle<(u16, Option<String>, String)> {
+    let url = format!(
+        "{}/2015-03-31/functions/{function}/invocations",
+        cluster.endpoint
+    );
+    let http = cluster.http.clone();
+    tokio::spawn(async move {
+        let resp = http.post(url).body(body).send().await.unwrap();
+        let status = resp.status().as_u16();
+        let kind = resp
+            .headers()
+            .get("x-amzn-ErrorType")
+            .map(|v| v.to_str().unwrap().to_string());
+        (status, kind, resp.text().await.unwrap())
+    })
+}
+
 fn worker_of(line: &str) -> usize {
     (1..=9)
         .find(|n| line.contains(&format!("nimbus/w{n}/")))
@@ -200,22 +223,7 @@ async fn a_sync_call_whose_worker_dies(warm_first: bool, dispatch: &str) {
             .count();
         assert_eq!(runs, 1, "{:?}", marks(&mark));
     }
-    let endpoint = cluster.endpoint.clone();
-    let http = cluster.http.clone();
-    let call = tokio::spawn(async move {
-        let resp = http
-            .post(format!("{endpoint}/2015-03-31/functions/slow/invocations"))
-            .body(r#"{"id":"doomed","sleep":30}"#)
-            .send()
-            .await
-            .unwrap();
-        let status = resp.status().as_u16();
-        let kind = resp
-            .headers()
-            .get("x-amzn-ErrorType")
-            .map(|v| v.to_str().unwrap().to_string());
-        (status, kind, resp.text().await.unwrap())
-    });
+    let call = invoke_in_background(&cluster, "slow", r#"{"id":"doomed","sleep":30}"#);
     let started = wait_mark(&mark, "start doomed").await;
     // A direct call's worker holds its ack back for a moment (a result ready by
     // then goes alone); killed before acking, the call would be placed again.
@@ -352,21 +360,12 @@ async fn calls_while_no_scheduler_runs(dispatch: &str) {
         let mark = slow_marker(&cluster, "slow", 60).await;
         let r = cluster.invoke("slow", &json!({"id": "warm-up"})).await;
         assert_eq!(r.status, 200, "{}", r.text());
-        let endpoint = cluster.endpoint.clone();
-        let http = cluster.http.clone();
-        let long = tokio::spawn(async move {
-            let resp = http
-                .post(format!("{endpoint}/2015-03-31/functions/slow/invocations"))
-                .body(r#"{"id":"long","sleep":2}"#)
-                .send()
-                .await
-                .unwrap();
-            resp.status().as_u16()
-        });
+        let long = invoke_in_background(&cluster, "slow", r#"{"id":"long","sleep":2}"#);
         wait_mark(&mark, "start long").await;
         let r = cluster.invoke("slow", &json!({"id": "beside"})).await;
         assert_eq!(r.status, 200, "{}", r.text());
-        assert_eq!(long.await.unwrap(), 200);
+        let (status, _, body) = long.await.unwrap();
+        assert_eq!(status, 200, "{body}");
         let metrics = cluster.gateway_metrics().await;
         let refused =
             "nimbus_gateway_direct_dispatches_total{placed=\"warm\",result=\"refused\"} 1";
