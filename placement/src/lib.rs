@@ -131,8 +131,7 @@ impl WorkerTable {
     }
 
     pub fn is_alive(&self, worker: &str) -> bool {
-        let w = self.workers.lock().expect("lock poisoned");
-        w.get(worker).is_some_and(|e| e.seen.elapsed() < EXPIRY)
+        self.heard(worker).is_some()
     }
 
     /// `Some(draining)` while `worker` is heard from; `None` once it is not.

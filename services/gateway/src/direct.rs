@@ -401,14 +401,14 @@ fn count(placed: Placed, result: &'static str) {
 
 /// Whether `worker` is heard from, not draining: it may be sent new work.
 pub fn usable(state: &AppState, worker: &str) -> bool {
-    state.worker_heard(worker) == Some(false)
+    state.workers.heard(worker) == Some(false)
 }
 
 /// Resolves once `worker` has not been heard from for the expiry time.
 async fn stopped(state: &AppState, worker: &str) {
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        if state.worker_heard(worker).is_none() {
+        if state.workers.heard(worker).is_none() {
             return;
         }
     }

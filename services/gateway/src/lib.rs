@@ -64,15 +64,6 @@ pub struct AppState {
     pub replies: Arc<direct::Replies>,
 }
 
-impl AppState {
-    /// `Some(draining)` while `worker` is heard from (a heartbeat within
-    /// [`WORKER_EXPIRY_MS`](nimbus_proto::worker::WORKER_EXPIRY_MS)); `None` once
-    /// it is not.
-    pub fn worker_heard(&self, worker: &str) -> Option<bool> {
-        self.workers.heard(worker)
-    }
-}
-
 pub async fn run(
     cfg: GatewayConfig,
     listener: tokio::net::TcpListener,

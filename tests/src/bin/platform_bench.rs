@@ -1025,15 +1025,16 @@ async fn run() {
             let before = (rss_mb(worker), descendants_pss_mb(worker));
             for i in 0..k {
                 let name = format!("kept-{key}-{i}");
-                cluster
-                    .create_function(&name, runtime, handler, &zip, json!({}))
-                    .await;
-                let r = client
-                    .post(invoke_url(&name))
-                    .body("{}")
-                    .send()
-                    .await
-                    .unwrap();
+                let (r, _) = first_invoke(
+                    &cluster,
+                    &client,
+                    &name,
+                    runtime,
+                    handler,
+                    &zip,
+                    Duration::ZERO,
+                )
+                .await;
                 assert!(r.status().is_success());
             }
             // The boxes taken are replaced within the REFILL delay: let them be.
